@@ -1,0 +1,84 @@
+"""Batches from a map-style dataset: a fast path for tensor datasets, a DataLoader otherwise.
+
+The fast path keeps the whole dataset on the device and indexes it with a seeded permutation, so
+that a tiny model is timed on its own work, not on Python collation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+Batch = tuple[Any, Any]
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def batch_len(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0])
+    if isinstance(value, (list, tuple)):
+        return batch_len(value[0])
+    if isinstance(value, dict):
+        return batch_len(next(iter(value.values())))
+    raise TypeError(f"cannot tell the batch size of a {type(value).__name__}")
+
+
+def _tensor_pair(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors[0], dataset.tensors[1]
+    return None
+
+
+class DeviceData:
+    """A dataset placed for training on one device: shuffled batches and in-order passes."""
+
+    def __init__(self, dataset: Dataset[Any], device: torch.device) -> None:
+        self.dataset = dataset
+        self.device = device
+        self.size = len(dataset)  # type: ignore[arg-type]
+        pair = _tensor_pair(dataset)
+        self.tensors = None if pair is None else (pair[0].to(device), pair[1].to(device))
+
+    def shuffled(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """Endless batches: each epoch a fresh seeded permutation; the last partial batch dropped."""
+        while True:
+            # One permutation per epoch on both paths, so a generic Dataset sees the same order.
+            order = torch.randperm(self.size, generator=generator)
+            starts = range(0, self.size - batch_size + 1, batch_size)
+            if self.tensors is None:
+                batches = [order[s : s + batch_size].tolist() for s in starts]
+                for x, y in DataLoader(self.dataset, batch_sampler=batches):
+                    yield to_device(x, self.device), to_device(y, self.device)
+                continue
+            order = order.to(self.device)
+            x_all, y_all = self.tensors
+            for start in starts:
+                idx = order[start : start + batch_size]
+                yield x_all[idx], y_all[idx]
+
+    def in_order(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        """One pass in order (for evaluation), in chunks of `batch_size`, over the first `limit`."""
+        size = self.size if limit is None else min(limit, self.size)
+        if self.tensors is not None:
+            x_all, y_all = self.tensors
+            for start in range(0, size, batch_size):
+                stop = min(start + batch_size, size)
+                yield x_all[start:stop], y_all[start:stop]
+            return
+        subset: Dataset[Any] = self.dataset
+        if size < self.size:
+            subset = torch.utils.data.Subset(self.dataset, range(size))
+        for x, y in DataLoader(subset, batch_size=batch_size, shuffle=False):
+            yield to_device(x, self.device), to_device(y, self.device)

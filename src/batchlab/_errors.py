@@ -1,0 +1,27 @@
+"""batchlab's own exceptions: each says what was wrong, the bad value, and how to fix it."""
+
+from __future__ import annotations
+
+
+class BatchlabError(Exception):
+    """Base class for every error batchlab raises on purpose."""
+
+
+class ConfigError(BatchlabError, ValueError):
+    """A bad argument or field: the message names it, its value and the fix."""
+
+
+class WorkloadError(BatchlabError, ValueError):
+    """A workload spec that cannot be loaded, or a workload that fails to run."""
+
+
+def bad(field: str, value: object, expected: str, fix: str | None = None) -> ConfigError:
+    """Build the one-line error every check in batchlab raises.
+
+    >>> str(bad("batch_size", 0, "an integer >= 1", "pass --batch-size 32"))
+    'batch_size must be an integer >= 1 (got 0); pass --batch-size 32'
+    """
+    message = f"{field} must be {expected} (got {value!r})"
+    if fix:
+        message += f"; {fix}"
+    return ConfigError(message)

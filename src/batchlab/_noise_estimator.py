@@ -1,0 +1,105 @@
+"""The gradient noise scale estimator, as an explicit init/update pair over a NamedTuple state.
+
+References:
+  McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training",
+  arXiv:1812.06162, Appendix A.1 (unbiased estimates from two batch sizes).
+
+A batch of B examples gives E|G_B|^2 = |G|^2 + tr(Sigma)/B. From |G_small|^2 and |G_big|^2 measured in
+the same step:
+    |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
+Each one-step estimate is noisy and can be negative, so numerator and denominator are smoothed
+separately (EMAs with bias correction) and divided only at the end: the ratio of two unbiased
+estimates is biased, and an average of ratios is worse.
+
+With a finite training set of N examples drawn without replacement, the 1/B above becomes
+c(B) = (N - B) / ((N - 1) B); passing `population=N` applies that correction (it matters when B is
+not small against N, and vanishes as N grows).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+
+class NoiseState(NamedTuple):
+    """EMAs of the one-step estimates and of their squares, and how many updates they hold."""
+
+    grad_sq: float  # EMA of |G|^2 estimates
+    trace: float  # EMA of tr(Sigma) estimates
+    grad_sq_sq: float  # EMA of squares, for the spread
+    trace_sq: float
+    updates: int
+
+
+class NoiseReading(NamedTuple):
+    """Bias-corrected estimates from a state."""
+
+    grad_sq: float
+    trace_sigma: float
+    b_simple: float
+    b_simple_stderr: float  # one standard error, propagated from both parts' spreads
+
+
+def init() -> NoiseState:
+    return NoiseState(0.0, 0.0, 0.0, 0.0, 0)
+
+
+def _inverse_batch(batch: float, population: int | None) -> float:
+    if population is None:
+        return 1.0 / batch
+    return (population - batch) / ((population - 1) * batch)
+
+
+def one_step(
+    *, small_sq: float, big_sq: float, b_small: float, b_big: float, population: int | None = None
+) -> tuple[float, float]:
+    """Unbiased one-step estimates (|G|^2, tr(Sigma)) from squared norms at two batch sizes."""
+    if not b_big > b_small > 0:
+        raise ValueError(f"need b_big > b_small > 0 (got b_small={b_small}, b_big={b_big})")
+    c_small, c_big = _inverse_batch(b_small, population), _inverse_batch(b_big, population)
+    trace = (small_sq - big_sq) / (c_small - c_big)
+    grad_sq = big_sq - c_big * trace  # the same as (B_big|G_big|^2 - B_small|G_small|^2)/(B_big - B_small)
+    return grad_sq, trace
+
+
+def update(
+    state: NoiseState,
+    *,
+    small_sq: float,
+    big_sq: float,
+    b_small: float,
+    b_big: float,
+    beta: float = 0.95,
+    population: int | None = None,
+) -> NoiseState:
+    """Fold one step's squared norms into the EMAs."""
+    g, s = one_step(small_sq=small_sq, big_sq=big_sq, b_small=b_small, b_big=b_big, population=population)
+    return NoiseState(
+        grad_sq=beta * state.grad_sq + (1 - beta) * g,
+        trace=beta * state.trace + (1 - beta) * s,
+        grad_sq_sq=beta * state.grad_sq_sq + (1 - beta) * g * g,
+        trace_sq=beta * state.trace_sq + (1 - beta) * s * s,
+        updates=state.updates + 1,
+    )
+
+
+def read(state: NoiseState, *, beta: float = 0.95) -> NoiseReading:
+    """Bias-corrected |G|^2, tr(Sigma), their ratio B_simple, and its standard error."""
+    if state.updates == 0:
+        nan = float("nan")
+        return NoiseReading(nan, nan, nan, nan)
+    correction = 1 - beta**state.updates
+    g, s = state.grad_sq / correction, state.trace / correction
+    b_simple = s / g if g > 0 else math.inf
+    # An EMA's effective sample size is (1 + beta) / (1 - beta), capped by the updates seen.
+    n_eff = min(state.updates, (1 + beta) / (1 - beta))
+    var_g = max(state.grad_sq_sq / correction - g * g, 0.0)
+    var_s = max(state.trace_sq / correction - s * s, 0.0)
+    if g > 0 and s > 0 and n_eff > 1:
+        rel = math.sqrt((var_g / g**2 + var_s / s**2) / (n_eff - 1))
+        stderr = abs(b_simple) * rel
+    else:
+        stderr = math.inf
+    return NoiseReading(g, s, b_simple, stderr)

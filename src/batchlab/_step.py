@@ -1,0 +1,93 @@
+"""One training step (forward, backward over micro-batches, optimizer step), shared by every measurement.
+
+The training loop, the memory probe and the throughput profile all run this same code, so that what
+is measured is what is trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._data import Batch
+from .workload import LossFn
+
+
+def split(batch: Batch, parts: int) -> list[Batch]:
+    """Split a batch into `parts` equal micro-batches along the first dimension."""
+    if parts == 1:
+        return [batch]
+    x, y = batch
+    return list(zip(_chunk(x, parts), _chunk(y, parts), strict=True))
+
+
+def _chunk(value: Any, parts: int) -> list[Any]:
+    if isinstance(value, torch.Tensor):
+        return list(value.chunk(parts))
+    if isinstance(value, (list, tuple)):
+        columns = [_chunk(v, parts) for v in value]
+        return [type(value)(col[i] for col in columns) for i in range(parts)]
+    if isinstance(value, dict):
+        columns_d = {k: _chunk(v, parts) for k, v in value.items()}
+        return [{k: col[i] for k, col in columns_d.items()} for i in range(parts)]
+    raise TypeError(f"cannot split a {type(value).__name__} into micro-batches")
+
+
+def _grad_list(params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def _sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([t.detach().float().pow(2).sum() for t in tensors]).sum()
+
+
+class StepOutput:
+    """The mean loss of the step, and, when asked, squared gradient norms at two batch sizes."""
+
+    __slots__ = ("big_sq", "loss", "small_sq")
+
+    def __init__(self, loss: torch.Tensor, small_sq: torch.Tensor | None, big_sq: torch.Tensor | None):
+        self.loss = loss
+        self.small_sq = small_sq  # mean over micro-batches of |g_micro|^2
+        self.big_sq = big_sq  # |mean of the micro-batch gradients|^2
+
+
+def backward(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    *,
+    micro_batches: int,
+    measure_noise: bool = False,
+) -> StepOutput:
+    """Accumulate the batch's mean-loss gradient over `micro_batches` equal parts.
+
+    Each micro-batch's loss is divided by the number of parts, so the accumulated gradient equals the
+    gradient of the mean loss over the whole batch. With `measure_noise`, each part's own gradient
+    (k times the increment it added) gives a |G_small|^2 sample, and the total gives |G_big|^2.
+    """
+    if micro_batches == 1 and not measure_noise:  # the common case: nothing to split or divide
+        x, y = batch
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return StepOutput(loss.detach(), None, None)
+    parts = split(batch, micro_batches)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = torch.zeros((), device=params[0].device)
+    small_sq = torch.zeros((), device=total.device)
+    previous: list[torch.Tensor] | None = None
+    for x, y in parts:
+        loss = loss_fn(model(x), y) / micro_batches
+        loss.backward()
+        total += loss.detach()
+        if measure_noise:
+            current = _grad_list(params)
+            increment = current if previous is None else torch._foreach_sub(current, previous)
+            small_sq += _sq_norm(increment) * micro_batches**2
+            previous = [g.clone() for g in current]
+    if not measure_noise:
+        return StepOutput(total, None, None)
+    return StepOutput(total, small_sq / micro_batches, _sq_norm(_grad_list(params)))

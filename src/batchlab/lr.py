@@ -1,0 +1,64 @@
+"""Learning-rate scaling rules, relative to a reference point known to train well.
+
+References:
+  Goyal et al. 2017, arXiv:1706.02677 (linear rule, warm-up).
+  Krizhevsky 2014; Hoffer et al. 2017, arXiv:1705.08741; Malladi et al. 2022, arXiv:2205.10287 (sqrt).
+  McCandlish et al. 2018, arXiv:1812.06162, eq. 2.6 (noise-aware: eps_opt(B) = eps_max / (1 + B_noise/B)).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from ._errors import bad
+
+
+class LrRule(str, Enum):
+    NONE = "none"
+    LINEAR = "linear"
+    SQRT = "sqrt"
+    NOISE = "noise"
+
+
+def as_rule(rule: str | LrRule) -> LrRule:
+    try:
+        return LrRule(rule)
+    except ValueError:
+        choices = ", ".join(r.value for r in LrRule)
+        raise bad("lr_rule", rule, f"one of {choices}", "pass --lr-rule linear") from None
+
+
+def scale_lr(
+    rule: str | LrRule,
+    *,
+    lr_ref: float,
+    batch_ref: int,
+    batch_size: int,
+    b_noise: float | None = None,
+) -> float:
+    """The learning rate for `batch_size` under `rule`, from the reference (batch_ref, lr_ref)."""
+    rule = as_rule(rule)
+    k = batch_size / batch_ref
+    if rule is LrRule.NONE:
+        return lr_ref
+    if rule is LrRule.LINEAR:
+        return lr_ref * k
+    if rule is LrRule.SQRT:
+        return lr_ref * math.sqrt(k)
+    if b_noise is None or not math.isfinite(b_noise) or b_noise <= 0:
+        raise bad(
+            "b_noise",
+            b_noise,
+            "a positive noise scale for lr_rule 'noise'",
+            "measure it with `batchlab noise` first",
+        )
+    # lr(B) = lr_ref (1 + B_noise / B_ref) / (1 + B_noise / B): linear well below B_noise, flat above.
+    return lr_ref * (1 + b_noise / batch_ref) / (1 + b_noise / batch_size)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up: the fraction of the learning rate at 0-based `step` (1/W, 2/W, ..., 1)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return (step + 1) / warmup_steps

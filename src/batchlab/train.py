@@ -1,0 +1,414 @@
+"""The training loop: train a fresh model from a workload, and record its curve.
+
+`train` builds everything from the workload (a seeded model, a new optimizer), so a run is a pure
+function of its arguments: the same seed gives the same curve on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _noise_estimator as noise_est
+from ._data import Batch, DeviceData, batch_len
+from ._device import clock, resolve_device
+from ._errors import bad
+from ._json import json_safe
+from ._step import backward
+from .lr import LrRule, as_rule, scale_lr, warmup_factor
+from .workload import Workload, check_batch_size, check_lr, load_workload
+
+DEFAULT_EPOCHS_UNTIL_TARGET = 100
+DEFAULT_EPOCHS = 10
+EVAL_RESOLUTION = 16  # automatic evaluation keeps steps-to-target within 1/16 of its value
+FINAL_TRAIN_SAMPLE = 2048  # examples of the training set scored at the end, for the train/eval gap
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurvePoint:
+    """One evaluation: where training stood and how good the model was."""
+
+    step: int
+    examples: int
+    seconds: float  # training time so far, evaluation excluded, device synchronized
+    lr: float
+    batch_size: int
+    train_loss: float | None  # mean training-batch loss since the previous point
+    eval_loss: float | None
+    metrics: dict[str, float] = field(default_factory=dict)  # "eval_<name>"
+    b_simple: float | None = None  # gradient noise scale so far, when tracked
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CurvePoint:
+        return cls(**data)
+
+    def value(self, metric: str) -> float | None:
+        if metric == "train_loss":
+            return self.train_loss
+        if metric == "eval_loss":
+            return self.eval_loss
+        return self.metrics.get(metric)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    """A whole run: its settings, its curve, and when (if) it reached the target."""
+
+    workload: str
+    batch_size: int
+    micro_batch_size: int
+    accumulation: int
+    lr: float
+    lr_rule: str
+    warmup_steps: int
+    seed: int
+    device: str
+    target: dict[str, Any]
+    steps: int
+    examples: int
+    seconds: float
+    reached_target: bool
+    steps_to_target: int | None
+    examples_to_target: int | None
+    seconds_to_target: float | None
+    diverged: bool
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    final_metrics: dict[str, float]
+    curve: tuple[CurvePoint, ...]
+    noise: dict[str, float] | None = None
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("curve", "model")}
+        out["curve"] = [p.to_dict() for p in self.curve]
+        return json_safe(out)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        """Rebuild a result read back from JSON or the store (without its model)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "model"}
+        fields["curve"] = tuple(CurvePoint.from_dict(p) for p in data["curve"])
+        return cls(**fields)
+
+
+Progress = Callable[[int, int], None]
+
+
+def fresh_model(workload: Workload, seed: int, device: torch.device) -> nn.Module:
+    """The workload's model, built under `seed`, on `device`."""
+    torch.manual_seed(seed)
+    return workload.model().to(device)
+
+
+def evaluate(
+    model: nn.Module, workload: Workload, data: DeviceData, *, batch_size: int, limit: int | None = None
+) -> tuple[float, dict[str, float]]:
+    """Mean loss (and metrics) over `data` in eval mode, weighted by chunk size."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for x, y in data.in_order(batch_size, limit):
+            out = model(x)
+            n = batch_len(y)
+            total += float(workload.loss(out, y)) * n
+            count += n
+            for name, value in (workload.metrics(out, y) if workload.metrics else {}).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+    model.train(was_training)
+    return total / count, {f"eval_{k}": v / count for k, v in sums.items()}
+
+
+def auto_eval(step: int) -> bool:
+    """Evaluate every step up to 2*R, then every 2^k steps so that the gap stays below step/R."""
+    interval = 1 << max(0, int(math.log2(max(step, 1) / EVAL_RESOLUTION)))
+    return step % interval == 0
+
+
+def _step_limit(
+    workload: Workload, batch_size: int, max_steps: int | None, max_epochs: float | None, until_target: bool
+) -> int:
+    if max_steps is not None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise bad("max_steps", max_steps, "an integer >= 1", "pass --max-steps 1000")
+        return max_steps
+    epochs = max_epochs
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS_UNTIL_TARGET if until_target else DEFAULT_EPOCHS
+    if not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0:
+        raise bad("max_epochs", max_epochs, "a number > 0", "pass --max-epochs 10")
+    return max(1, math.ceil(epochs * (workload.train_size // batch_size)))
+
+
+def resolve_lr(
+    workload: Workload, batch_size: int, lr: float | None, rule: LrRule, b_noise: float | None = None
+) -> float:
+    if lr is not None:
+        return check_lr(lr)
+    return scale_lr(
+        rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=batch_size, b_noise=b_noise
+    )
+
+
+def train(
+    workload: Workload | str,
+    *,
+    batch_size: int,
+    lr: float | None = None,
+    lr_rule: str | LrRule = LrRule.LINEAR,
+    b_noise: float | None = None,
+    warmup_steps: int = 0,
+    accumulation: int = 1,
+    max_steps: int | None = None,
+    max_epochs: float | None = None,
+    until_target: bool = False,
+    eval_every: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    track_noise: bool = False,
+    noise_every: int = 1,
+    keep_model: bool = False,
+    on_point: Callable[[CurvePoint], None] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a fresh model from `workload` at `batch_size` and return its whole curve.
+
+    `batch_size` is the effective batch, split into `accumulation` equal micro-batches. Without an
+    explicit `lr`, the learning rate comes from `lr_rule` applied to the workload's reference point.
+    With `until_target`, training stops at the first evaluation that reaches the workload's target.
+    `eval_every=None` evaluates on a schedule that keeps steps-to-target within 1/16 of its value.
+    A NaN or infinite loss stops the run and marks it `diverged`: a result, not an error.
+    """
+    workload = load_workload(workload)
+    check_batch_size(batch_size, workload.train_size)
+    rule = as_rule(lr_rule)
+    lr_value = resolve_lr(workload, batch_size, lr, rule, b_noise)
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+        raise bad("accumulation", accumulation, "an integer >= 1", "pass --accumulation 1")
+    if batch_size % accumulation:
+        raise bad(
+            "accumulation",
+            accumulation,
+            f"a divisor of the batch size {batch_size}",
+            "pick a batch size that is a multiple of it",
+        )
+    if warmup_steps < 0:
+        raise bad("warmup_steps", warmup_steps, "an integer >= 0")
+    if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
+        raise bad("eval_every", eval_every, "an integer >= 1, or None for the automatic schedule")
+    noise_parts = accumulation if accumulation > 1 else 2
+    if track_noise and batch_size % noise_parts:
+        raise bad(
+            "batch_size",
+            batch_size,
+            f"a multiple of {noise_parts} to track the noise scale",
+            "pass an even batch size, or --accumulation K with K dividing it",
+        )
+    limit = _step_limit(workload, batch_size, max_steps, max_epochs, until_target)
+    dev = resolve_device(device)
+    loop = _Loop(
+        workload,
+        dev,
+        batch_size=batch_size,
+        accumulation=accumulation,
+        lr=lr_value,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        track_noise=track_noise,
+        noise_every=noise_every,
+        noise_parts=noise_parts,
+    )
+    curve, stop = loop.run(
+        limit=limit, until_target=until_target, eval_every=eval_every, on_point=on_point, progress=progress
+    )
+    return loop.result(curve, stop, rule=rule, keep_model=keep_model)
+
+
+class _Loop:
+    """The state of one run. Private: `train` is the interface."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        device: torch.device,
+        *,
+        batch_size: int,
+        accumulation: int,
+        lr: float,
+        warmup_steps: int,
+        seed: int,
+        track_noise: bool,
+        noise_every: int,
+        noise_parts: int,
+    ) -> None:
+        self.workload, self.device = workload, device
+        self.batch_size, self.accumulation, self.lr = batch_size, accumulation, lr
+        self.warmup_steps, self.seed = warmup_steps, seed
+        self.track_noise, self.noise_every, self.noise_parts = track_noise, max(1, noise_every), noise_parts
+        self.model = fresh_model(workload, seed, device)
+        self.model.train()
+        self.optimizer = workload.optimizer(self.model.parameters(), lr)
+        self.train_data = DeviceData(workload.train_data, device)
+        self.eval_data = None if workload.eval_data is None else DeviceData(workload.eval_data, device)
+        self.eval_batch = max(batch_size, 256)
+        self.noise = noise_est.init()
+        self.step = 0
+        self.seconds = 0.0
+        self.diverged = False
+        self.target_point: CurvePoint | None = None
+
+    def _set_lr(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
+
+    def _train_step(self, batch: Batch) -> torch.Tensor:
+        if self.step < self.warmup_steps:
+            self._set_lr(self.lr * warmup_factor(self.step, self.warmup_steps))
+        elif self.step == self.warmup_steps and self.warmup_steps > 0:
+            self._set_lr(self.lr)
+        measure = self.track_noise and self.step % self.noise_every == 0
+        parts = self.noise_parts if measure else self.accumulation
+        self.optimizer.zero_grad(set_to_none=True)
+        out = backward(self.model, self.workload.loss, batch, micro_batches=parts, measure_noise=measure)
+        if measure:
+            assert out.small_sq is not None and out.big_sq is not None
+            self.noise = noise_est.update(
+                self.noise,
+                small_sq=float(out.small_sq),
+                big_sq=float(out.big_sq),
+                b_small=self.batch_size / parts,
+                b_big=self.batch_size,
+                population=self.workload.train_size,
+            )
+        self.optimizer.step()
+        self.step += 1
+        return out.loss
+
+    def _point(self, train_loss: float | None) -> CurvePoint:
+        eval_loss: float | None = None
+        metrics: dict[str, float] = {}
+        if self.eval_data is not None:
+            eval_loss, metrics = evaluate(
+                self.model, self.workload, self.eval_data, batch_size=self.eval_batch
+            )
+        b_simple = noise_est.read(self.noise).b_simple if self.noise.updates else None
+        return CurvePoint(
+            step=self.step,
+            examples=self.step * self.batch_size,
+            seconds=self.seconds,
+            lr=self.optimizer.param_groups[0]["lr"],
+            batch_size=self.batch_size,
+            train_loss=train_loss,
+            eval_loss=eval_loss,
+            metrics=metrics,
+            b_simple=b_simple,
+        )
+
+    def run(
+        self,
+        *,
+        limit: int,
+        until_target: bool,
+        eval_every: int | None,
+        on_point: Callable[[CurvePoint], None] | None,
+        progress: Progress | None,
+    ) -> tuple[list[CurvePoint], str]:
+        curve = [self._point(None)]
+        if on_point:
+            on_point(curve[0])
+        batches: Iterator[Batch] = self.train_data.shuffled(
+            self.batch_size, torch.Generator().manual_seed(self.seed)
+        )
+        losses: list[torch.Tensor] = []  # summed only at evaluation: no per-step device sync
+        due = auto_eval if eval_every is None else (lambda step: step % eval_every == 0)
+        started = clock(self.device)
+        stop = "budget"
+        while self.step < limit:
+            losses.append(self._train_step(next(batches)))
+            if not (due(self.step) or self.step == limit):
+                continue
+            self.seconds += clock(self.device) - started
+            train_loss = float(torch.stack(losses).mean())
+            point = self._point(train_loss)
+            curve.append(point)
+            if on_point:
+                on_point(point)
+            if progress:
+                progress(self.step, limit)
+            losses.clear()
+            if not math.isfinite(train_loss) or (
+                point.eval_loss is not None and not math.isfinite(point.eval_loss)
+            ):
+                self.diverged, stop = True, "diverged"
+                break
+            value = point.value(self.workload.target.metric)
+            if self.target_point is None and value is not None and self.workload.target.reached(value):
+                self.target_point = point
+                if until_target:
+                    stop = "target"
+                    break
+            started = clock(self.device)
+        return curve, stop
+
+    def result(self, curve: list[CurvePoint], stop: str, *, rule: LrRule, keep_model: bool) -> TrainResult:
+        final_train = None
+        if not self.diverged:
+            final_train, _ = evaluate(
+                self.model,
+                self.workload,
+                self.train_data,
+                batch_size=self.eval_batch,
+                limit=FINAL_TRAIN_SAMPLE,
+            )
+        last = curve[-1]
+        hit = self.target_point
+        noise = None
+        if self.noise.updates:
+            reading = noise_est.read(self.noise)
+            noise = {
+                "b_simple": reading.b_simple,
+                "b_simple_stderr": reading.b_simple_stderr,
+                "grad_sq": reading.grad_sq,
+                "trace_sigma": reading.trace_sigma,
+                "updates": self.noise.updates,
+            }
+        return TrainResult(
+            workload=self.workload.name,
+            batch_size=self.batch_size,
+            micro_batch_size=self.batch_size // self.accumulation,
+            accumulation=self.accumulation,
+            lr=self.lr,
+            lr_rule=rule.value,
+            warmup_steps=self.warmup_steps,
+            seed=self.seed,
+            device=str(self.device),
+            target=self.workload.target.to_dict(),
+            steps=self.step,
+            examples=self.step * self.batch_size,
+            seconds=self.seconds,
+            reached_target=hit is not None,
+            steps_to_target=None if hit is None else hit.step,
+            examples_to_target=None if hit is None else hit.examples,
+            seconds_to_target=None if hit is None else hit.seconds,
+            diverged=self.diverged,
+            final_train_loss=_finite(final_train),
+            final_eval_loss=_finite(last.eval_loss),
+            final_metrics=dict(last.metrics),
+            curve=tuple(curve),
+            noise=noise,
+            model=self.model if keep_model else None,
+        )
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,180 @@
+"""The training loop: accumulation, learning-rate rules, determinism, divergence, targets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from batchlab import ConfigError, LrRule, load_workload, scale_lr, train
+from batchlab._data import DeviceData
+from batchlab._step import backward
+from batchlab.lr import warmup_factor
+from batchlab.train import auto_eval, fresh_model
+
+
+def _grads(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])  # type: ignore[union-attr]
+
+
+def test_accumulation_gives_the_batch_gradient() -> None:
+    """4 micro-batches of 8 accumulate to the gradient of one batch of 32 (float tolerance)."""
+    workload = load_workload("digits-mlp")
+    x, y = workload.train_data[:32]
+    grads = []
+    for parts in (1, 4):
+        model = fresh_model(workload, seed=0, device=torch.device("cpu"))
+        backward(model, workload.loss, (x, y), micro_batches=parts)
+        grads.append(_grads(model))
+    scale = grads[0].abs().max().item()
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-6 * scale)
+
+
+def test_accumulated_training_matches_whole_batches() -> None:
+    """Training 20 steps with accumulation 4 ends at the same parameters as without."""
+    results = [
+        train("digits-mlp", batch_size=32, accumulation=k, max_steps=20, keep_model=True, device="cpu")
+        for k in (1, 4)
+    ]
+    assert results[1].micro_batch_size == 8
+    params = [torch.cat([p.detach().reshape(-1) for p in r.model.parameters()]) for r in results]  # type: ignore[union-attr]
+    assert torch.allclose(params[0], params[1], atol=1e-5)
+
+
+def test_accumulation_must_divide_the_batch() -> None:
+    """A batch that does not split evenly is refused with the fix."""
+    with pytest.raises(ConfigError, match="accumulation must be a divisor of the batch size 30"):
+        train("digits-mlp", batch_size=30, accumulation=4, max_steps=1)
+
+
+@pytest.mark.parametrize(
+    ("rule", "batch", "expected"),
+    [
+        (LrRule.NONE, 128, 0.1),
+        (LrRule.LINEAR, 128, 0.4),
+        (LrRule.LINEAR, 8, 0.025),
+        (LrRule.SQRT, 128, 0.2),
+        (LrRule.SQRT, 8, 0.05),
+        # noise-aware with B_noise = 32: 0.1 * (1 + 1) / (1 + 32/128) = 0.16
+        (LrRule.NOISE, 128, 0.16),
+        (LrRule.NOISE, 32, 0.1),
+    ],
+)
+def test_lr_rules(rule: LrRule, batch: int, expected: float) -> None:
+    """Each rule scales the reference (batch 32, lr 0.1) as its formula says."""
+    got = scale_lr(rule, lr_ref=0.1, batch_ref=32, batch_size=batch, b_noise=32.0)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_noise_rule_is_linear_below_and_flat_above_the_noise_scale() -> None:
+    """lr(B) tends to lr_ref*(1 + Bn/Bref)*B/Bn for B << Bn, and to lr_ref*(1 + Bn/Bref) for B >> Bn."""
+    lr_max = 0.1 * (1 + 1000 / 32)
+    assert scale_lr("noise", lr_ref=0.1, batch_ref=32, batch_size=10**7, b_noise=1000) == pytest.approx(
+        lr_max, rel=1e-3
+    )
+    assert scale_lr("noise", lr_ref=0.1, batch_ref=32, batch_size=1, b_noise=1000) == pytest.approx(
+        lr_max / 1000, rel=1e-2
+    )
+
+
+def test_unknown_rule_is_refused() -> None:
+    with pytest.raises(ConfigError, match="lr_rule must be one of none, linear, sqrt, noise"):
+        scale_lr("cubic", lr_ref=0.1, batch_ref=32, batch_size=64)
+
+
+def test_warmup_ramps_linearly_then_holds() -> None:
+    """Warm-up over 4 steps takes 1/4, 2/4, 3/4 of the rate, then all of it; a point shows its step's rate."""
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    result = train("linreg", batch_size=32, lr=0.08, warmup_steps=4, max_steps=6, eval_every=1, device="cpu")
+    assert [round(p.lr, 6) for p in result.curve[1:]] == [0.02, 0.04, 0.06, 0.08, 0.08, 0.08]
+
+
+def test_the_rule_sets_the_lr_used() -> None:
+    """Without --lr, the linear rule doubles the reference rate at double the batch."""
+    result = train("digits-mlp", batch_size=64, lr_rule="linear", max_steps=1, device="cpu")
+    assert result.lr == pytest.approx(0.1)
+
+
+def test_same_seed_same_curve() -> None:
+    """Two runs with one seed give identical losses; another seed gives different ones."""
+    runs = [train("digits-cnn", batch_size=32, max_steps=30, seed=s, device="cpu") for s in (3, 3, 4)]
+    losses = [[(p.train_loss, p.eval_loss) for p in r.curve] for r in runs]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+class _PlainDataset(Dataset):  # type: ignore[type-arg]
+    """A map-style dataset that is not a TensorDataset, so batches go through a DataLoader."""
+
+    def __init__(self, inner: Dataset) -> None:  # type: ignore[type-arg]
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        return self.inner[i]
+
+
+def test_dataloader_path_trains_like_the_fast_path() -> None:
+    """A generic Dataset sees the same seeded order as the tensor fast path: the same curve."""
+    import dataclasses
+
+    fast = load_workload("digits-mlp")
+    slow = dataclasses.replace(
+        fast, train_data=_PlainDataset(fast.train_data), eval_data=_PlainDataset(fast.eval_data)
+    )
+    assert DeviceData(slow.train_data, torch.device("cpu")).tensors is None
+    curves = [train(w, batch_size=32, max_steps=60, device="cpu").curve for w in (fast, slow)]
+    for a, b in zip(*curves, strict=True):
+        assert a.eval_loss == pytest.approx(b.eval_loss, rel=1e-5)
+
+
+def test_huge_lr_diverges_as_a_result() -> None:
+    """A learning rate of 1e4 on linreg ends the run with diverged=True, not an exception."""
+    result = train("linreg", batch_size=32, lr=1e4, max_steps=500, device="cpu")
+    assert result.diverged
+    assert result.steps < 500
+    assert result.final_eval_loss is None
+    assert result.to_dict()["curve"][-1]["train_loss"] is None or math.isfinite(
+        result.to_dict()["curve"][-1]["train_loss"]
+    )
+
+
+def test_reaches_target_and_reports_where() -> None:
+    """Until-target stops at the first evaluation that reaches the target, and records it."""
+    result = train("digits-mlp", batch_size=32, until_target=True, device="cpu")
+    assert result.reached_target
+    hit = result.curve[-1]
+    assert hit.eval_loss is not None and hit.eval_loss <= 0.15
+    assert result.steps_to_target == hit.step == result.steps
+    assert result.examples_to_target == 32 * hit.step
+    assert all(p.eval_loss is not None and p.eval_loss > 0.15 for p in result.curve[:-1])
+
+
+def test_auto_eval_resolution() -> None:
+    """The automatic schedule evaluates every step up to 32, and from step 16 keeps gaps <= step/16."""
+    steps = [s for s in range(1, 5000) if auto_eval(s)]
+    assert steps[:32] == list(range(1, 33))
+    gaps = [(b - a) / b for a, b in itertools.pairwise(steps) if b >= 16]
+    assert max(gaps) <= 1 / 16
+    assert len(steps) < 32 + 16 * math.log2(5000 / 32) + 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1 (got 0)"),
+        ({"batch_size": -1}, "batch_size must be an integer >= 1 (got -1)"),
+        ({"batch_size": 1439}, "batch_size must be at most the training set's size, 1438 (got 1439)"),
+        ({"batch_size": 32, "lr": 0.0}, "lr must be a finite number > 0 (got 0.0)"),
+        ({"batch_size": 32, "max_steps": 0}, "max_steps must be an integer >= 1 (got 0)"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        train("digits-mlp", **kwargs)  # type: ignore[arg-type]
+    assert message in str(info.value)
