@@ -239,5 +239,195 @@ def train_table(data: dict[str, Any]) -> Table:
     return table
 
 
+@app.command("memory")
+@guarded
+def memory_command(
+    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    memory_limit: str = typer.Option(None, "--memory-limit", help="e.g. 1.5GiB (default: what is available)"),
+    reserve: str = typer.Option(None, "--reserve", help="headroom kept free, e.g. 256MiB"),
+    granularity: str = typer.Option("1", "--granularity", metavar="INT", help="answer a multiple of this"),
+    min_batch_size: str = typer.Option("1", "--min-batch-size", metavar="INT"),
+    max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="leave the evaluation forward out of a trial"),
+    out: Path = typer.Option(None, "--out", help="folder for results.db and memory.json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Find the largest batch whose whole training step fits, exactly, in child processes."""
+    from ._units import format_bytes, parse_bytes
+    from .memory import MemoryTrial, probe_memory
+    from .workload import load_workload
+
+    wl = load_workload(workload)
+    limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
+    reserve_bytes = 0 if reserve is None else parse_bytes(reserve, field="reserve")
+    console = err_console()
+
+    def show(trial: MemoryTrial) -> None:
+        if as_json:
+            return
+        verdict = "[green]fits[/]" if trial.fits else f"[red]does not fit[/] ({trial.error})"
+        peak = "-" if trial.peak_bytes is None else format_bytes(trial.peak_bytes)
+        label = "confirm" if trial.confirmation else "trial"
+        console.print(
+            f"{label} batch {trial.batch_size:>6}: {verdict}, peak {peak}, {trial.steps} steps, "
+            f"{trial.seconds:.1f}s",
+            highlight=False,
+        )
+
+    profile = probe_memory(
+        wl,
+        device=device,
+        limit_bytes=limit,
+        reserve_bytes=reserve_bytes,
+        granularity=parse_int(granularity, "granularity", flag="--granularity") or 0,
+        min_batch_size=parse_int(min_batch_size, "min_batch_size", flag="--min-batch-size") or 0,
+        max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+        include_eval=not no_eval,
+        progress=show,
+    )
+    data = profile.to_dict()
+    save(out, "memory", wl.name, data)
+    if as_json:
+        emit_json(data)
+        return
+    render(memory_table(data))
+
+
+def save(out: Path | None, kind: str, workload: str, data: dict[str, Any]) -> None:
+    """Keep a whole result in DIR/results.db and DIR/<kind>.json."""
+    if out is None:
+        return
+    from .store import Store
+
+    with Store(out) as store:
+        store.save_result(kind, workload, data)
+    write_json(out, f"{kind}.json", data)
+
+
+def memory_table(data: dict[str, Any]) -> Table:
+    from ._units import format_bytes
+
+    table = Table(title=f"{data['workload']} on {data['device']}: limit {format_bytes(data['limit_bytes'])}")
+    for column in ("batch", "fits", "peak", "steps", "seconds"):
+        table.add_column(column, justify="right")
+    for t in data["trials"]:
+        label = f"{t['batch_size']}" + (" (confirm)" if t["confirmation"] else "")
+        fits = "yes" if t["fits"] else f"no: {t['error']}"
+        peak = "-" if t["peak_bytes"] is None else format_bytes(t["peak_bytes"])
+        table.add_row(label, fits, peak, str(t["steps"]), f"{t['seconds']:.1f}")
+    answer = data["max_batch_size"]
+    caption = [f"largest batch that fits: [bold]{answer if answer is not None else 'none'}[/]"]
+    if data["capped_by_dataset"]:
+        caption.append("(the whole training set: memory is not the limit)")
+    if data["per_sample_bytes"] is not None:
+        caption.append(
+            f"\nmemory model: {format_bytes(data['fixed_bytes'])} + "
+            f"{format_bytes(data['per_sample_bytes'])} x B, {data['trial_count']} trials"
+        )
+    table.caption = " ".join(caption)
+    return table
+
+
+@app.command("throughput")
+@guarded
+def throughput_command(
+    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    batch_sizes: str = typer.Option(None, "--batch-sizes", help="e.g. 8,16,32 (default: powers of two)"),
+    max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
+    repeats: int = typer.Option(3, "--repeats", help="timed blocks per batch size (the median is kept)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    out: Path = typer.Option(None, "--out", help="folder for results.db and throughput.json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Time whole training steps across batch sizes; find the knee where doubling stops paying."""
+    from .throughput import profile_throughput
+    from .workload import load_workload
+
+    wl = load_workload(workload)
+    with progress_bar(f"timing {wl.name}", quiet=as_json and not sys.stderr.isatty()) as update:
+        profile = profile_throughput(
+            wl,
+            batch_sizes=parse_int_list(batch_sizes, "batch_sizes", flag="--batch-sizes"),
+            max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+            repeats=repeats,
+            device=device,
+            progress=update,
+        )
+    data = profile.to_dict()
+    save(out, "throughput", wl.name, data)
+    if as_json:
+        emit_json(data)
+        return
+    table = Table(title=f"{wl.name} on {data['device']}: whole training steps")
+    for column in ("batch", "step ms", "min..max ms", "samples/s"):
+        table.add_column(column, justify="right")
+    for p in data["points"]:
+        if not p["fits"]:
+            table.add_row(str(p["batch_size"]), "out of memory", "", "")
+            continue
+        marker = " <- knee" if p["batch_size"] == data["knee_batch_size"] else ""
+        table.add_row(
+            f"{p['batch_size']}{marker}",
+            f"{p['step_seconds'] * 1e3:.3f}",
+            f"{p['step_seconds_min'] * 1e3:.3f}..{p['step_seconds_max'] * 1e3:.3f}",
+            f"{p['samples_per_second']:,.0f}",
+        )
+    table.caption = (
+        f"knee: batch {data['knee_batch_size']} (doubling past it raises samples/s by "
+        f"less than {data['knee_gain']:.0%})"
+    )
+    render(table)
+
+
+@app.command("noise")
+@guarded
+def noise_command(
+    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    batch_size: str = typer.Option(None, "--batch-size", "-b", metavar="INT", help="default: the reference"),
+    micro_batches: str = typer.Option("4", "--micro-batches", metavar="INT", help="parts of each batch"),
+    steps: str = typer.Option(None, "--steps", metavar="INT", help="training steps before the final pass"),
+    lr: float = typer.Option(None, "--lr", help="learning rate (default: the reference rule)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    out: Path = typer.Option(None, "--out", help="folder for results.db and noise.json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Measure the gradient noise scale B_simple while training, and precisely at the end."""
+    from .noise import measure_noise
+    from .workload import load_workload
+
+    wl = load_workload(workload)
+    with progress_bar(f"measuring {wl.name}", quiet=as_json and not sys.stderr.isatty()) as update:
+        estimate, _ = measure_noise(
+            wl,
+            batch_size=parse_int(batch_size, "batch_size", flag="--batch-size"),
+            micro_batches=parse_int(micro_batches, "micro_batches", flag="--micro-batches") or 0,
+            steps=parse_int(steps, "steps", flag="--steps"),
+            lr=lr,
+            device=device,
+            progress=update,
+        )
+    data = estimate.to_dict()
+    save(out, "noise", wl.name, data)
+    if as_json:
+        emit_json(data)
+        return
+    table = Table(
+        title=f"{wl.name}: gradient noise scale at batch {data['batch_size']}, lr {fmt(data['lr'])}"
+    )
+    table.add_column("step", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("B_simple (running)", justify="right")
+    history = data["history"]
+    for p in history[:: max(1, len(history) // 12)]:
+        table.add_row(str(p["step"]), fmt(p["train_loss"]), fmt(p["b_simple"], 3))
+    table.caption = (
+        f"at the final parameters ({data['measured_examples']} examples): B_simple = "
+        f"{fmt(data['b_simple'], 4)} ± {fmt(data['b_simple_stderr'], 2)}  "
+        f"(|G|^2 = {fmt(data['grad_sq'])}, tr(Sigma) = {fmt(data['trace_sigma'])})"
+    )
+    render(table)
+
+
 def main() -> None:
     app()

@@ -79,6 +79,8 @@ class Workload:
     metrics: MetricsFn | None = None
     description: str = ""
     extras: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # How load_workload found it ("digits-mlp", "pkg.mod:fn"): lets a child process rebuild it.
+    spec: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -155,7 +157,7 @@ def load_workload(spec: str | Workload) -> Workload:
             f"pass --workload {next(iter(BUILTINS))}"
         )
     if spec in BUILTINS:
-        return BUILTINS[spec].factory()
+        return _with_spec(BUILTINS[spec].factory(), spec)
     if ":" not in spec:
         names = ", ".join(BUILTINS)
         raise WorkloadError(
@@ -181,6 +183,13 @@ def load_workload(spec: str | Workload) -> Workload:
             f"workload {spec!r}: {func_name}() returned {type(workload).__name__}, not a "
             "batchlab.Workload; return Workload(name=..., model=..., ...)"
         )
+    if ".py:" in spec:
+        where = str(Path(where).resolve())
+    return _with_spec(workload, f"{where}:{func_name}")
+
+
+def _with_spec(workload: Workload, spec: str) -> Workload:
+    object.__setattr__(workload, "spec", spec)  # frozen; set once, right after construction
     return workload
 
 

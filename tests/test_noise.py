@@ -1,0 +1,100 @@
+"""The gradient noise scale: the estimator on hand-computed numbers, and measurements against exact
+values from per-example gradients (linreg's closed form; torch.func on digits-mlp)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batchlab import _noise_estimator as est
+from batchlab import load_workload
+from batchlab._step import backward
+from batchlab.noise import exact_noise_scale, measure_noise
+from batchlab.train import fresh_model
+from batchlab.workloads import linreg
+
+from .helpers import invoke_json
+
+
+def test_two_batch_formulas_by_hand() -> None:
+    """|G|^2 = 2, tr(Sigma) = 80: E|G_8|^2 = 2 + 80/8 = 12 and E|G_32|^2 = 2 + 80/32 = 4.5."""
+    assert est.one_step(small_sq=12.0, big_sq=4.5, b_small=8, b_big=32) == pytest.approx((2.0, 80.0))
+    # McCandlish's form of |G|^2: (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    assert pytest.approx(2.0) == (32 * 4.5 - 8 * 12.0) / (32 - 8)
+
+
+def test_finite_population_correction_by_hand() -> None:
+    """Without replacement from N = 64: E|G_B|^2 = |G|^2 + tr(Sigma) (N - B) / ((N - 1) B)."""
+    small = 2 + 80 * (64 - 8) / (63 * 8)
+    big = 2 + 80 * (64 - 32) / (63 * 32)
+    assert est.one_step(small_sq=small, big_sq=big, b_small=8, b_big=32, population=64) == pytest.approx(
+        (2.0, 80.0)
+    )
+
+
+def test_ema_divides_smoothed_parts_not_ratios() -> None:
+    """beta = 0.5, steps (|G|^2, tr) = (1, 10) then (3, 10): bias-corrected EMAs are 7/3 and 10,
+    so B_simple = 30/7, not the mean of the ratios (10 + 10/3) / 2."""
+    state = est.init()
+    for g in (1.0, 3.0):  # with b=8, B=32: small = g + 10/8, big = g + 10/32
+        state = est.update(state, small_sq=g + 1.25, big_sq=g + 0.3125, b_small=8, b_big=32, beta=0.5)
+    reading = est.read(state, beta=0.5)
+    assert reading.grad_sq == pytest.approx(7 / 3)
+    assert reading.trace_sigma == pytest.approx(10.0)
+    assert reading.b_simple == pytest.approx(30 / 7)
+    assert state.updates == 2
+
+
+def test_step_measures_micro_and_whole_batch_norms() -> None:
+    """backward(measure_noise=True) returns the mean |g_micro|^2 and |mean g|^2, computed directly."""
+    workload = load_workload("digits-mlp")
+    x, y = workload.train_data[:32]
+    model = fresh_model(workload, 0, torch.device("cpu"))
+    out = backward(model, workload.loss, (x, y), micro_batches=4, measure_noise=True)
+    grads = []
+    for i in range(4):
+        m = fresh_model(workload, 0, torch.device("cpu"))
+        workload.loss(m(x[8 * i : 8 * i + 8]), y[8 * i : 8 * i + 8]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))  # type: ignore[union-attr]
+    small = sum(float(g @ g) for g in grads) / 4
+    mean = sum(grads) / 4
+    assert float(out.small_sq) == pytest.approx(small, rel=1e-5)  # type: ignore[arg-type]
+    assert float(out.big_sq) == pytest.approx(float(mean @ mean), rel=1e-5)  # type: ignore[arg-type]
+
+
+def test_linreg_matches_the_exact_value() -> None:
+    """B_simple at the final parameters is within 10% of the closed form. The final pass averages
+    tr(Sigma) over N/8 = 1024 micro-batches, each with relative spread sqrt(2 tr(S^2))/tr(S) ~ 0.35
+    for S ~ I in d = 16, so ~1.1% standard error; |G|^2 is nearly exact (B_big = N). 10% is > 4 sigma."""
+    estimate, model = measure_noise("linreg", micro_batches=4, device="cpu", keep_model=True)
+    assert model is not None
+    exact = linreg.exact_noise_scale(model)
+    assert estimate.b_simple_stderr < 0.1 / 3 * estimate.b_simple
+    assert estimate.b_simple == pytest.approx(exact["b_simple"], rel=0.10)
+    assert estimate.trace_sigma == pytest.approx(exact["trace_sigma"], rel=0.10)
+
+
+def test_noise_grows_as_the_loss_falls() -> None:
+    """linreg: B_simple = (d+1) + d sigma^2/|delta|^2 grows as training shrinks delta."""
+    estimate, _ = measure_noise("linreg", micro_batches=4, device="cpu")
+    values = [p.b_simple for p in estimate.history if p.b_simple is not None]
+    assert values[0] < 40 < 1000 < estimate.b_simple
+
+
+def test_digits_mlp_matches_per_example_gradients() -> None:
+    """digits-mlp: the estimate at the final parameters is within 20% of the exact value from
+    per-example gradients over the whole training set (torch.func)."""
+    workload = load_workload("digits-mlp")
+    estimate, model = measure_noise(workload, micro_batches=4, device="cpu", keep_model=True)
+    assert model is not None
+    exact = exact_noise_scale(workload, model)
+    assert estimate.b_simple == pytest.approx(exact["b_simple"], rel=0.20)
+
+
+def test_cli_noise_json() -> None:
+    """`batchlab noise --workload linreg --json` prints the parts and the history."""
+    data = invoke_json("noise", "--workload", "linreg", "--steps", "100")
+    for key in ("b_simple", "grad_sq", "trace_sigma", "history", "b_simple_stderr", "lr"):
+        assert key in data
+    assert data["b_simple"] == pytest.approx(data["trace_sigma"] / data["grad_sq"], rel=1e-9)
+    assert len(data["history"]) > 10

@@ -1,0 +1,89 @@
+"""Throughput: the knee, interpolation of step time, and curves that end at out-of-memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchlab.throughput import (
+    ThroughputPoint,
+    ThroughputProfile,
+    default_batch_sizes,
+    find_knee,
+    profile_throughput,
+)
+
+from .helpers import invoke_json
+
+DATA = Path(__file__).parent / "data" / "memory_workloads.py"
+
+
+def _points(pairs: list[tuple[int, float]]) -> list[ThroughputPoint]:
+    return [
+        ThroughputPoint(
+            batch_size=b,
+            step_seconds=b / s,
+            step_seconds_min=b / s,
+            step_seconds_max=b / s,
+            samples_per_second=s,
+            steps_per_repeat=1,
+        )
+        for b, s in pairs
+    ]
+
+
+def test_knee_is_where_doubling_stops_paying() -> None:
+    """step = 1 ms + 0.01 ms x B: samples/s = B / (1 + 0.01 B). Gains per doubling: 8->16 +93%,
+    ..., 128->256 +35%, 256->512 +14%, 512->1024 +7%: the knee is 512."""
+    points = _points([(b, b / (1e-3 + 1e-5 * b)) for b in (8, 16, 32, 64, 128, 256, 512, 1024)])
+    assert find_knee(points, 0.10) == 512
+
+
+def test_a_dip_is_not_a_knee() -> None:
+    """A noisy dip at 32 followed by real gains does not make 16 the knee."""
+    points = _points([(16, 1000.0), (32, 900.0), (64, 4000.0), (128, 4100.0), (256, 4150.0)])
+    assert find_knee(points, 0.10) == 64
+
+
+def test_step_seconds_interpolates_linearly() -> None:
+    profile = ThroughputProfile(
+        workload="w",
+        device="cpu",
+        points=tuple(_points([(10, 1000.0), (20, 1000.0)])),
+        knee_batch_size=10,
+        knee_gain=0.1,
+        warmup_steps=0,
+        repeats=1,
+    )
+    assert profile.step_seconds(15) == pytest.approx(0.015)
+    assert profile.step_seconds(40) == pytest.approx(0.040)
+
+
+def test_default_batch_sizes() -> None:
+    assert default_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert default_batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_curve_ends_at_out_of_memory() -> None:
+    """The fake workload raises CUDA's OOM above 300: 512 is recorded as not fitting, 1000 not tried."""
+    profile = profile_throughput(
+        f"{DATA}:fake_oom",
+        batch_sizes=[64, 256, 512, 1000],
+        steps=2,
+        repeats=1,
+        device="cpu",
+        stop_after_knee=False,
+    )
+    assert [(p.batch_size, p.fits) for p in profile.points] == [(64, True), (256, True), (512, False)]
+    for p in profile.points[:2]:
+        assert p.samples_per_second == pytest.approx(p.batch_size / p.step_seconds)  # type: ignore[operator]
+
+
+def test_cli_throughput_json() -> None:
+    data = invoke_json(
+        "throughput", "--workload", "digits-mlp", "--batch-sizes", "8,32,128", "--repeats", "2"
+    )
+    assert [p["batch_size"] for p in data["points"]] == [8, 32, 128]
+    assert all(p["step_seconds"] > 0 and p["samples_per_second"] > 0 for p in data["points"])
+    assert data["knee_batch_size"] in (8, 32, 128)
