@@ -429,5 +429,130 @@ def noise_command(
     render(table)
 
 
+class _SweepBars:
+    """Two progress bars on stderr: runs of the sweep, and steps within the current run."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.runs = bar.add_task("runs", total=None)
+        self.steps = bar.add_task("steps", total=None)
+
+    def run_started(self, index: int, total: int, label: str) -> None:
+        self.bar.update(
+            self.runs, completed=index, total=total, description=f"run {index + 1}/{total}: {label}"
+        )
+        self.bar.reset(self.steps, total=None)
+
+    def step(self, done: int, total: int) -> None:
+        self.bar.update(self.steps, completed=done, total=total)
+
+
+@app.command("sweep")
+@guarded
+def sweep_command(
+    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    batch_sizes: str = typer.Option("8,32,128,512", "--batch-sizes", help="comma-separated batch sizes"),
+    lr_rule: LrRule = typer.Option(
+        LrRule.LINEAR, "--lr-rule", help="how the learning rate follows the batch"
+    ),
+    lr_multipliers: str = typer.Option(
+        "1", "--lr-multipliers", help="e.g. 0.5,1,2: the best is kept per batch"
+    ),
+    seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds"),
+    b_noise: float = typer.Option(None, "--b-noise", help="noise scale for --lr-rule noise"),
+    max_steps: str = typer.Option(None, "--max-steps", metavar="INT", help="step budget per run"),
+    max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget per run (default 100)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    out: Path = typer.Option(None, "--out", help="folder for results.db (resumable), sweep.json and plots"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Train to the target at several batch sizes; fit steps = S_min (1 + B_crit / B)."""
+    from .store import Store
+    from .sweep import run_sweep
+    from .workload import load_workload
+
+    wl = load_workload(workload)
+    store = Store(out) if out is not None else None
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=True,
+        disable=as_json and not sys.stderr.isatty(),
+    )
+    try:
+        with bar:
+            result = run_sweep(
+                wl,
+                batch_sizes=parse_int_list(batch_sizes, "batch_sizes", flag="--batch-sizes") or [],
+                lr_rule=lr_rule,
+                lr_multipliers=parse_float_list(lr_multipliers, "lr_multipliers", flag="--lr-multipliers")
+                or [],
+                seeds=parse_int_list(seeds, "seeds", flag="--seeds") or [],
+                b_noise=b_noise,
+                max_steps=parse_int(max_steps, "max_steps", flag="--max-steps"),
+                max_epochs=max_epochs,
+                store=store,
+                device=device,
+                progress=_SweepBars(bar),
+            )
+    finally:
+        if store is not None:
+            store.close()
+    data = result.to_dict()
+    if out is not None:
+        write_json(out, "sweep.json", data)
+        from . import plots
+
+        (out / "sweep_loss.png").write_bytes(
+            plots.loss_curves([r.to_dict() for r in result.best], data["target"])
+        )
+        (out / "sweep_steps.png").write_bytes(plots.steps_to_target(data["best"], data["fit"]))
+    if as_json:
+        emit_json(data)
+        return
+    render(sweep_table(data))
+
+
+def sweep_table(data: dict[str, Any]) -> Table:
+    target = data["target"]
+    table = Table(
+        title=f"{data['workload']}: to {target['metric']} {'<=' if target['mode'] == 'min' else '>='} "
+        f"{target['value']}, lr rule {data['lr_rule']}"
+    )
+    for column in ("batch", "lr", "seed", "steps", "examples", "seconds", "train loss", "eval loss", "gap"):
+        table.add_column(column, justify="right")
+    for r in data["runs"]:
+        steps = (
+            "diverged"
+            if r["diverged"]
+            else fmt(r["steps_to_target"])
+            if r["reached_target"]
+            else "not reached"
+        )
+        table.add_row(
+            str(r["batch_size"]),
+            fmt(r["lr"], 3),
+            str(r["seed"]),
+            steps,
+            fmt(r["examples_to_target"]),
+            fmt(r["seconds_to_target"], 3),
+            fmt(r["final_train_loss"], 3),
+            fmt(r["final_eval_loss"], 3),
+            fmt(r["generalization_gap"], 2),
+        )
+    fit = data["fit"]
+    if fit["ok"]:
+        table.caption = (
+            f"S(B) = {fit['s_min']:.3g} (1 + {fit['b_crit']:.3g} / B): B_crit = {fit['b_crit']:.3g} "
+            f"(1 sigma {fit['b_crit_low']:.3g}..{fit['b_crit_high']:.3g}), E_min = {fit['e_min']:.3g}"
+        )
+    else:
+        table.caption = f"no fit: {fit['reason']}"
+    return table
+
+
 def main() -> None:
     app()

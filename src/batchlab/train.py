@@ -27,7 +27,7 @@ DEFAULT_EPOCHS_UNTIL_TARGET = 100
 DEFAULT_EPOCHS = 10
 EVAL_RESOLUTION = 16  # automatic evaluation keeps steps-to-target within 1/16 of its value
 FINAL_TRAIN_SAMPLE = 2048  # examples of the training set scored at the end, for the train/eval gap
-NOISE_EVERY = 25  # without accumulation, track_noise splits one step in this many
+NOISE_EVERY = 50  # without accumulation, track_noise splits one step in this many
 
 
 @dataclass(frozen=True, kw_only=True)

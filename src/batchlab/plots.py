@@ -1,0 +1,217 @@
+"""The figures batchlab draws, each a function from plain result dicts to PNG bytes.
+
+They take the JSON form of results (what the store and the report hold), so a report can be drawn
+again from a results folder alone. Matplotlib runs headless (Agg); nothing is shown on screen.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+Figure = dict[str, Any]
+
+
+@contextmanager
+def _figure(ncols: int = 1) -> Iterator[tuple[Any, list[Axes]]]:
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.6), squeeze=False)
+    try:
+        yield fig, list(axes[0])
+    finally:
+        plt.close(fig)
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def loss_curves(runs: list[dict[str, Any]], target: dict[str, Any]) -> bytes:
+    """Loss against steps and against examples, one line per batch size (its best run)."""
+    metric = target["metric"] if target["metric"] in ("eval_loss", "train_loss") else "eval_loss"
+    with _figure(2) as (fig, (by_step, by_examples)):
+        colors = plt.cm.viridis([i / max(len(runs) - 1, 1) for i in range(len(runs))])
+        for run, color in zip(runs, colors, strict=True):
+            points = [p for p in run["curve"] if p.get(metric) is not None and p["step"] > 0]
+            label = f"B={run['batch_size']}, lr={run['lr']:.3g}"
+            by_step.plot([p["step"] for p in points], [p[metric] for p in points], color=color, label=label)
+            by_examples.plot([p["examples"] for p in points], [p[metric] for p in points], color=color)
+        for ax, xlabel in ((by_step, "steps"), (by_examples, "examples")):
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(metric.replace("_", " "))
+            if metric == target["metric"]:
+                ax.axhline(target["value"], color="grey", linestyle=":", linewidth=1)
+        by_step.legend(fontsize=7)
+        by_step.set_title("loss against steps")
+        by_examples.set_title("loss against examples")
+        return _png(fig)
+
+
+def steps_to_target(best: list[dict[str, Any]], fit: dict[str, Any]) -> bytes:
+    """Steps to target against batch size (log-log), with perfect scaling and the fitted curve."""
+    reached = [r for r in best if r["steps_to_target"] is not None]
+    with _figure() as (fig, (ax,)):
+        if reached:
+            sizes = [r["batch_size"] for r in reached]
+            ax.plot(sizes, [r["steps_to_target"] for r in reached], "o", color="black", label="measured")
+            first = reached[0]
+            span = [min(sizes), max(sizes)]
+            ax.plot(
+                span,
+                [first["steps_to_target"] * first["batch_size"] / b for b in span],
+                "--",
+                color="grey",
+                label="perfect scaling",
+            )
+            if fit.get("ok"):
+                grid = (
+                    [span[0] * (span[1] / span[0]) ** (i / 50) for i in range(51)]
+                    if span[1] > span[0]
+                    else span
+                )
+                ax.plot(
+                    grid,
+                    [fit["s_min"] * (1 + fit["b_crit"] / b) for b in grid],
+                    color="tab:blue",
+                    label=f"fit: B_crit = {fit['b_crit']:.3g}",
+                )
+                ax.axvline(fit["b_crit"], color="tab:blue", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("steps to target")
+        ax.set_title("steps to target")
+        ax.legend(fontsize=7)
+        return _png(fig)
+
+
+def memory(profile: dict[str, Any]) -> bytes:
+    """Peak memory against batch size for each trial, the fitted model, and the limit."""
+    mib = 1024**2
+    with _figure() as (fig, (ax,)):
+        fits = [t for t in profile["trials"] if t["fits"] and t["peak_bytes"]]
+        fails = [t for t in profile["trials"] if not t["fits"]]
+        ax.plot(
+            [t["batch_size"] for t in fits],
+            [t["peak_bytes"] / mib for t in fits],
+            "o",
+            color="tab:green",
+            label="fits",
+        )
+        limit = (profile["limit_bytes"] - profile.get("reserve_bytes", 0)) / mib
+        ax.plot(
+            [t["batch_size"] for t in fails], [limit] * len(fails), "x", color="tab:red", label="does not fit"
+        )
+        ax.axhline(limit, color="tab:red", linestyle=":", label="limit")
+        if profile.get("per_sample_bytes") is not None:
+            top = max([t["batch_size"] for t in profile["trials"]] + [1])
+            ax.plot(
+                [0, top],
+                [
+                    profile["fixed_bytes"] / mib,
+                    (profile["fixed_bytes"] + profile["per_sample_bytes"] * top) / mib,
+                ],
+                color="grey",
+                linewidth=1,
+                label="fixed + per-sample x B",
+            )
+        if profile.get("max_batch_size"):
+            ax.axvline(profile["max_batch_size"], color="black", linestyle="--", linewidth=1)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("peak memory (MiB)")
+        ax.set_title(f"memory: largest batch {profile.get('max_batch_size')}")
+        ax.legend(fontsize=7)
+        return _png(fig)
+
+
+def throughput(profile: dict[str, Any]) -> bytes:
+    """Samples/s against batch size, with the knee marked."""
+    with _figure() as (fig, (ax,)):
+        points = [p for p in profile["points"] if p["samples_per_second"]]
+        ax.plot([p["batch_size"] for p in points], [p["samples_per_second"] for p in points], "o-")
+        if profile.get("knee_batch_size"):
+            ax.axvline(
+                profile["knee_batch_size"],
+                color="tab:orange",
+                linestyle="--",
+                label=f"knee: {profile['knee_batch_size']}",
+            )
+            ax.legend(fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("samples / s")
+        ax.set_title("throughput")
+        return _png(fig)
+
+
+def noise_history(estimate: dict[str, Any]) -> bytes:
+    """B_simple (running estimate) and training loss against steps."""
+    with _figure() as (fig, (ax,)):
+        points = [p for p in estimate["history"] if p["b_simple"] is not None and p["b_simple"] > 0]
+        ax.plot(
+            [p["step"] for p in points], [p["b_simple"] for p in points], color="tab:purple", label="B_simple"
+        )
+        ax.axhline(
+            estimate["b_simple"],
+            color="tab:purple",
+            linestyle=":",
+            label=f"at the end: {estimate['b_simple']:.3g}",
+        )
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("B_simple")
+        loss_ax = ax.twinx()
+        losses = [p for p in estimate["history"] if p["train_loss"] is not None]
+        loss_ax.plot([p["step"] for p in losses], [p["train_loss"] for p in losses], color="grey", alpha=0.6)
+        loss_ax.set_ylabel("train loss", color="grey")
+        ax.set_title("gradient noise scale over training")
+        ax.legend(fontsize=7, loc="upper left")
+        return _png(fig)
+
+
+def time_to_target(advice: dict[str, Any]) -> bytes:
+    """Predicted seconds to target against batch size, the recommendation, and measured points."""
+    with _figure() as (fig, (ax,)):
+        curve = [p for p in advice["predictions"] if p["seconds_to_target"] is not None]
+        ax.plot(
+            [p["batch_size"] for p in curve],
+            [p["seconds_to_target"] for p in curve],
+            "-",
+            color="tab:blue",
+            label="predicted",
+        )
+        ax.axvline(
+            advice["batch_size"], color="tab:green", linestyle="--", label=f"advice: {advice['batch_size']}"
+        )
+        if advice.get("max_batch_size"):
+            ax.axvline(advice["max_batch_size"], color="tab:red", linestyle=":", label="memory cap")
+        measured = advice.get("measured") or []
+        if measured:
+            ax.plot(
+                [m["batch_size"] for m in measured],
+                [m["seconds_to_target"] for m in measured],
+                "o",
+                color="black",
+                label="measured",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("seconds to target")
+        ax.set_title("time to target")
+        ax.legend(fontsize=7)
+        return _png(fig)
+
+
+__all__ = ["loss_curves", "memory", "noise_history", "steps_to_target", "throughput", "time_to_target"]
