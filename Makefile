@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/batchlab train --workload digits-mlp --until-target --out demo-out
+	$(BIN)/batchlab advise --out demo-out
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

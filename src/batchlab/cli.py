@@ -502,8 +502,8 @@ def sweep_command(
         if store is not None:
             store.close()
     data = result.to_dict()
+    save(out, "sweep", wl.name, data)
     if out is not None:
-        write_json(out, "sweep.json", data)
         from . import plots
 
         (out / "sweep_loss.png").write_bytes(
@@ -552,6 +552,85 @@ def sweep_table(data: dict[str, Any]) -> Table:
     else:
         table.caption = f"no fit: {fit['reason']}"
     return table
+
+
+@app.command("advise")
+@guarded
+def advise_command(
+    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    memory_limit: str = typer.Option(None, "--memory-limit", help="e.g. 1.5GiB (default: what is available)"),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", help="stop measuring after this long"),
+    validate: bool = typer.Option(
+        False, "--validate", help="train the advice and the reference to the target"
+    ),
+    out: Path = typer.Option(
+        Path("batchlab-out"), "--out", help="folder for report.html, advice.json, results.db"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """The main job: the batch size and learning rate to use, why, and the time it saves."""
+    from ._units import parse_bytes
+    from .advise import advise
+    from .report import write_report
+    from .workload import load_workload
+
+    wl = load_workload(workload)
+    limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
+    console = err_console()
+    with console.status("", spinner="dots") as status:
+        result = advise(
+            wl,
+            device=device,
+            memory_limit=limit,
+            budget_seconds=budget_seconds,
+            validate=validate,
+            progress=lambda text: status.update(f"[bold]{text}"),
+        )
+    data = result.to_dict()
+    save(out, "advice", wl.name, data)
+    report = write_report(out)
+    if as_json:
+        emit_json(data)
+    else:
+        render(advice_table(data))
+    console.print(f"report: [bold]{report}[/]", highlight=False)
+
+
+def advice_table(data: dict[str, Any]) -> Table:
+    ref = data["reference"]
+    table = Table(title=f"{data['workload']} on {data['device']}: advice")
+    table.add_column("")
+    table.add_column("advice", justify="right", style="bold green")
+    table.add_column("reference", justify="right")
+    table.add_row("batch size", str(data["batch_size"]), str(ref["batch_size"]))
+    table.add_row("learning rate", f"{fmt(data['lr'], 3)} ({data['lr_rule']})", fmt(ref["lr"], 3))
+    table.add_row(
+        "seconds to target",
+        f"{fmt(data['predicted_seconds_to_target'], 3)} (predicted)",
+        f"{fmt(ref['seconds_to_target'], 3)} (measured)",
+    )
+    table.add_row("speedup", f"{fmt(data['predicted_speedup'], 3)}x (predicted)", "1x")
+    if data.get("measured_speedup") is not None:
+        table.add_row("measured speedup", f"{fmt(data['measured_speedup'], 3)}x", "")
+    table.add_row("largest batch that fits", fmt(data["max_batch_size"]), "")
+    table.add_row("B_noise", fmt(data["b_noise"], 3), "")
+    table.add_row("throughput knee", fmt(data["knee_batch_size"]), "")
+    table.caption = "\n".join(data["rationale"] + [f"note: {line}" for line in data["limitations"]])
+    return table
+
+
+@app.command("report")
+@guarded
+def report_command(
+    out: Path = typer.Argument(..., help="a folder written by advise, sweep, memory, ..."),
+) -> None:
+    """Write DIR/report.html from the results in DIR/results.db."""
+    from .report import write_report
+
+    if not (out / "results.db").is_file():
+        raise bad("DIR", str(out), "a folder holding results.db", "run `batchlab advise --out DIR` first")
+    err_console().print(f"report: [bold]{write_report(out)}[/]", highlight=False)
 
 
 def main() -> None:

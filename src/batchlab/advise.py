@@ -1,0 +1,377 @@
+"""The main job: which batch size and learning rate to use, why, and how much time it saves.
+
+The advice stands on three measurements and one model:
+  - memory: the largest batch that fits (the cap);
+  - throughput: seconds per step at each batch size;
+  - noise: the gradient noise scale B_noise, measured at the parameters where a run from the
+    reference point first reaches the target. B_simple grows as the loss falls, and the last stretch
+    of training (near the target) is where most steps go, so the value there governs the steps a
+    bigger batch can save; earlier values would understate it. B_simple stands in for B_noise (they
+    coincide when the Hessian is proportional to the identity).
+  - the model (McCandlish et al. 2018, eqs. 2.7-2.11): steps to target S(B) = S_min (1 + B_noise / B),
+    with S_min calibrated by the reference run's measured steps; time to target
+    T(B) = S(B) * step_seconds(B), minimised over the batch sizes that fit.
+
+The learning rate follows the noise-aware rule for SGD, lr(B) = lr_ref (1 + B_noise/B_ref) /
+(1 + B_noise/B), and the square-root rule for adaptive optimizers (Malladi et al. 2022). A short
+check at the recommended point halves the rate until it trains without diverging. With `validate`,
+the recommendation is trained to the target and the measured speedup stands beside the predicted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ._json import json_safe
+from .lr import LrRule, scale_lr
+from .memory import MemoryProfile, probe_memory
+from .noise import noise_at_parameters
+from .throughput import ThroughputProfile, profile_throughput
+from .train import train
+from .workload import Workload, load_workload
+
+LR_CHECK_STEPS = 50
+LR_CHECK_HALVINGS = 4
+NOISE_MICRO_BATCHES = 4
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prediction:
+    batch_size: int
+    lr: float
+    steps_to_target: float
+    step_seconds: float
+    seconds_to_target: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measured:
+    batch_size: int
+    lr: float
+    reached_target: bool
+    steps_to_target: int | None
+    seconds_to_target: float | None
+    diverged: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Advice:
+    workload: str
+    device: str
+    target: dict[str, Any]
+    batch_size: int
+    lr: float
+    lr_rule: str
+    predicted_steps_to_target: float | None
+    predicted_seconds_to_target: float | None
+    predicted_speedup: float | None
+    max_batch_size: int | None
+    b_noise: float | None
+    b_noise_stderr: float | None
+    knee_batch_size: int | None
+    reference: dict[str, Any]
+    predictions: tuple[Prediction, ...]
+    rationale: tuple[str, ...]
+    limitations: tuple[str, ...]
+    lr_checks: tuple[Measured, ...] = ()
+    measured: tuple[Measured, ...] = ()
+    measured_speedup: float | None = None
+    memory: dict[str, Any] | None = field(default=None, repr=False)
+    throughput: dict[str, Any] | None = field(default=None, repr=False)
+    noise: dict[str, Any] | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+def is_adaptive(workload: Workload) -> bool:
+    """Whether the workload's optimizer adapts per-parameter step sizes (Adam and relatives)."""
+    probe = workload.optimizer([torch.nn.Parameter(torch.zeros(1))], workload.lr)
+    return not isinstance(probe, torch.optim.SGD)
+
+
+def lr_for(workload: Workload, batch_size: int, b_noise: float | None) -> tuple[float, LrRule]:
+    """The noise-aware rule for SGD; the square-root rule for adaptive optimizers (or without B_noise)."""
+    if b_noise is not None and math.isfinite(b_noise) and b_noise > 0 and not is_adaptive(workload):
+        rule = LrRule.NOISE
+    else:
+        rule = LrRule.SQRT
+    return scale_lr(
+        rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=batch_size, b_noise=b_noise
+    ), rule
+
+
+def candidate_sizes(cap: int, reference: int) -> list[int]:
+    """Powers of two and three times powers of two up to the cap, the cap, and the reference."""
+    sizes = {reference, cap}
+    k = 1
+    while k <= cap:
+        sizes.add(k)
+        if 3 * k // 2 <= cap and k >= 2:
+            sizes.add(3 * k // 2)
+        k *= 2
+    return sorted(s for s in sizes if s <= cap)
+
+
+def predict(
+    workload: Workload, *, s_min: float, b_noise: float, throughput: ThroughputProfile, cap: int
+) -> list[Prediction]:
+    predictions = []
+    for b in candidate_sizes(cap, workload.batch_size):
+        step = throughput.step_seconds(b)
+        if step is None:
+            continue
+        steps = s_min * (1 + b_noise / b)
+        lr, _ = lr_for(workload, b, b_noise)
+        predictions.append(
+            Prediction(
+                batch_size=b, lr=lr, steps_to_target=steps, step_seconds=step, seconds_to_target=steps * step
+            )
+        )
+    return predictions
+
+
+class _Budget:
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def left(self) -> float:
+        return math.inf if self.seconds is None else self.seconds - (time.perf_counter() - self.start)
+
+
+def advise(
+    workload: Workload | str,
+    *,
+    device: str | torch.device = "auto",
+    memory_limit: int | None = None,
+    budget_seconds: float | None = None,
+    validate: bool = False,
+    progress: Progress | None = None,
+) -> Advice:
+    """Measure memory, throughput and noise; recommend the batch size and learning rate that
+    minimise predicted time to target under the memory cap."""
+    workload = load_workload(workload)
+    budget = _Budget(budget_seconds)
+    say = progress or (lambda _: None)
+    limitations: list[str] = []
+
+    say("memory: the largest batch that fits")
+    memory: MemoryProfile | None = probe_memory(workload, device=device, limit_bytes=memory_limit)
+    assert memory is not None
+    cap = memory.max_batch_size or workload.batch_size
+    if memory.max_batch_size is None:
+        limitations.append(
+            "not even the smallest batch fitted in memory; the reference batch is used as the cap"
+        )
+
+    say("throughput: seconds per step at each batch size")
+    throughput = profile_throughput(workload, max_batch_size=cap, device=device)
+
+    say("noise: train from the reference point to the target, then measure B_noise there")
+    # The reference run also tracks B_simple every 4th step, for its history; its time is not used
+    # as a measurement (validation re-runs the reference plainly).
+    reference_run = train(
+        workload,
+        batch_size=workload.batch_size,
+        until_target=True,
+        device=device,
+        keep_model=True,
+        track_noise=workload.batch_size % 2 == 0,
+        noise_every=4,
+    )
+    b_noise = b_noise_stderr = None
+    noise: dict[str, Any] | None = None
+    if reference_run.reached_target and reference_run.model is not None:
+        reading = noise_at_parameters(
+            reference_run.model,
+            workload,
+            micro_batch=max(1, workload.batch_size // NOISE_MICRO_BATCHES),
+            device=next(reference_run.model.parameters()).device,
+        )
+        b_noise, b_noise_stderr = reading.b_simple, reading.b_simple_stderr
+        noise = {
+            "b_simple": b_noise,
+            "b_simple_stderr": b_noise_stderr,
+            "grad_sq": reading.grad_sq,
+            "trace_sigma": reading.trace_sigma,
+            "micro_batch": max(1, workload.batch_size // NOISE_MICRO_BATCHES),
+            "measured_at_step": reference_run.steps_to_target,
+            "history": [
+                {"step": p.step, "train_loss": p.train_loss, "eval_loss": p.eval_loss, "b_simple": p.b_simple}
+                for p in reference_run.curve
+            ],
+        }
+    else:
+        limitations.append(
+            f"the reference run (batch {workload.batch_size}, lr {workload.lr:g}) did not reach "
+            "the target, so nothing calibrates the prediction; the reference point is returned"
+        )
+    reference = {
+        "batch_size": workload.batch_size,
+        "lr": workload.lr,
+        "steps_to_target": reference_run.steps_to_target,
+        "seconds_to_target": reference_run.seconds_to_target,
+    }
+
+    predictions: list[Prediction] = []
+    if b_noise is not None and reference_run.steps_to_target is not None:
+        s_min = reference_run.steps_to_target / (1 + b_noise / workload.batch_size)
+        predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=cap)
+    best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
+    chosen_size = best.batch_size if best else workload.batch_size
+    chosen_lr, rule = lr_for(workload, chosen_size, b_noise) if best else (workload.lr, LrRule.NONE)
+
+    lr_checks: list[Measured] = []
+    if best is not None and chosen_size != workload.batch_size:
+        chosen_lr, lr_checks = _check_lr(workload, chosen_size, chosen_lr, device, budget, limitations, say)
+
+    measured: list[Measured] = []
+    measured_speedup = None
+    if validate and best is not None:
+        if budget.left() <= 0:
+            limitations.append("the budget ran out before validation")
+        else:
+            say(f"validate: train batch {chosen_size} (lr {chosen_lr:.3g}) and the reference to the target")
+            run = train(workload, batch_size=chosen_size, lr=chosen_lr, until_target=True, device=device)
+            ref = train(workload, batch_size=workload.batch_size, until_target=True, device=device)
+            measured = [_measured(ref, workload.batch_size), _measured(run, chosen_size)]
+            if run.seconds_to_target and ref.seconds_to_target:
+                measured_speedup = ref.seconds_to_target / run.seconds_to_target
+    if budget_seconds is not None and budget.left() < 0:
+        limitations.append(
+            f"the measurements took {budget_seconds - budget.left():.0f}s of a {budget_seconds:.0f}s budget"
+        )
+
+    reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
+    speedup = None
+    if best and reference_prediction:
+        speedup = reference_prediction.seconds_to_target / best.seconds_to_target
+    return Advice(
+        workload=workload.name,
+        device=memory.device,
+        target=workload.target.to_dict(),
+        batch_size=chosen_size,
+        lr=chosen_lr,
+        lr_rule=rule.value,
+        predicted_steps_to_target=best.steps_to_target if best else None,
+        predicted_seconds_to_target=best.seconds_to_target if best else None,
+        predicted_speedup=speedup,
+        max_batch_size=memory.max_batch_size,
+        b_noise=b_noise,
+        b_noise_stderr=b_noise_stderr,
+        knee_batch_size=throughput.knee_batch_size,
+        reference=reference,
+        predictions=tuple(predictions),
+        rationale=tuple(_rationale(workload, best, b_noise, memory, throughput, speedup, rule)),
+        limitations=tuple(limitations),
+        lr_checks=tuple(lr_checks),
+        measured=tuple(measured),
+        measured_speedup=measured_speedup,
+        memory=memory.to_dict(),
+        throughput=throughput.to_dict(),
+        noise=noise,
+        seconds=time.perf_counter() - budget.start,
+    )
+
+
+def _measured(run: Any, batch_size: int) -> Measured:
+    return Measured(
+        batch_size=batch_size,
+        lr=run.lr,
+        reached_target=run.reached_target,
+        steps_to_target=run.steps_to_target,
+        seconds_to_target=run.seconds_to_target,
+        diverged=run.diverged,
+    )
+
+
+def _check_lr(
+    workload: Workload,
+    batch_size: int,
+    lr: float,
+    device: str | torch.device,
+    budget: _Budget,
+    limitations: list[str],
+    say: Progress,
+) -> tuple[float, list[Measured]]:
+    """Train a few steps at the recommended point; halve the rate while it diverges."""
+    checks = []
+    for _ in range(LR_CHECK_HALVINGS + 1):
+        if budget.left() <= 0:
+            limitations.append("the budget ran out before the learning rate was checked")
+            break
+        say(f"check: {LR_CHECK_STEPS} steps at batch {batch_size}, lr {lr:.3g}")
+        run = train(
+            workload,
+            batch_size=batch_size,
+            lr=lr,
+            max_steps=LR_CHECK_STEPS,
+            eval_every=LR_CHECK_STEPS,
+            device=device,
+        )
+        checks.append(_measured(run, batch_size))
+        if not run.diverged:
+            break
+        lr /= 2
+    else:
+        limitations.append(f"training diverged at batch {batch_size} even at lr {lr * 2:.3g}")
+    return lr, checks
+
+
+def _rationale(
+    workload: Workload,
+    best: Prediction | None,
+    b_noise: float | None,
+    memory: MemoryProfile,
+    throughput: ThroughputProfile,
+    speedup: float | None,
+    rule: LrRule,
+) -> list[str]:
+    if best is None or b_noise is None:
+        return [
+            f"Keep the reference point (batch {workload.batch_size}, lr {workload.lr:g}): the measurements "
+            "could not calibrate a prediction."
+        ]
+    lines = [
+        "The gradient noise scale where the reference run reaches the target is about "
+        f"{b_noise:.0f}: below it, "
+        "doubling the batch nearly halves the steps; above it, a bigger batch buys little per step.",
+    ]
+    if memory.max_batch_size is not None:
+        cap_note = "the whole training set" if memory.capped_by_dataset else "the memory limit"
+        lines.append(f"The largest batch that fits is {memory.max_batch_size} ({cap_note}).")
+    largest = max((p.batch_size for p in throughput.points if p.samples_per_second), default=None)
+    if throughput.knee_batch_size is not None and throughput.knee_batch_size == largest:
+        lines.append(f"Throughput still grows up to the largest batch measured, {largest}.")
+    elif throughput.knee_batch_size is not None:
+        lines.append(
+            f"Throughput stops paying past batch {throughput.knee_batch_size} (doubling adds under "
+            f"{throughput.knee_gain:.0%} samples/s)."
+        )
+    lines.append(
+        f"Predicted time to target is least at batch {best.batch_size}: {best.steps_to_target:.0f} steps "
+        f"of {best.step_seconds * 1e3:.2f} ms = {best.seconds_to_target:.2f} s."
+    )
+    if speedup is not None:
+        lines.append(
+            f"That is {speedup:.2f}x faster than the reference batch {workload.batch_size} (predicted)."
+        )
+    lines.append(
+        "Learning rate: "
+        + (
+            "the noise-aware rule lr_ref (1 + B_noise/B_ref) / (1 + B_noise/B) for SGD."
+            if rule is LrRule.NOISE
+            else "the square-root rule for an adaptive optimizer."
+        )
+    )
+    return lines

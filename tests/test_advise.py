@@ -1,0 +1,135 @@
+"""The advice and its report: the JSON, the prediction's arithmetic, a self-contained and escaped page."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from batchlab import load_workload
+from batchlab.advise import candidate_sizes, lr_for, predict
+from batchlab.report import render_report
+from batchlab.throughput import ThroughputPoint, ThroughputProfile
+
+from .helpers import invoke_json
+
+
+def test_cli_advise_acceptance(tmp_path: Path) -> None:
+    """`batchlab advise --json` prints the documented keys and writes a self-contained report."""
+    data = invoke_json("advise", "--workload", "digits-mlp", "--out", str(tmp_path))
+    for key in (
+        "batch_size",
+        "lr",
+        "lr_rule",
+        "predicted_seconds_to_target",
+        "predicted_speedup",
+        "max_batch_size",
+        "b_noise",
+        "knee_batch_size",
+        "reference",
+    ):
+        assert key in data
+    assert set(data["reference"]) >= {"batch_size", "lr"}
+    assert data["lr_rule"] == "noise"  # digits-mlp trains with SGD
+    assert 1 <= data["batch_size"] <= data["max_batch_size"]
+    best = min(data["predictions"], key=lambda p: p["seconds_to_target"])
+    assert data["batch_size"] == best["batch_size"]
+    assert data["predicted_seconds_to_target"] == pytest.approx(best["seconds_to_target"])
+    page = (tmp_path / "report.html").read_text()
+    assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) >= 4
+    assert (tmp_path / "advice.json").is_file() and (tmp_path / "results.db").is_file()
+
+
+def test_report_is_self_contained_and_escapes_strings() -> None:
+    """No external URL; names and metrics written by the user come out escaped."""
+    hostile = '<script>alert("x")</script>&'
+    sweep = {
+        "workload": hostile,
+        "lr_rule": "linear",
+        "target": {"metric": f"eval_{hostile}", "value": 0.5, "mode": "min"},
+        "runs": [
+            {
+                "batch_size": b,
+                "lr": 0.1,
+                "seed": 0,
+                "steps_to_target": s,
+                "seconds_to_target": 0.1,
+                "final_train_loss": 0.4,
+                "final_eval_loss": 0.5,
+                "diverged": False,
+                "curve": [
+                    {"step": 1, "examples": b, "eval_loss": 1.0, "train_loss": 1.0},
+                    {"step": s, "examples": b * s, "eval_loss": 0.5, "train_loss": 0.4},
+                ],
+            }
+            for b, s in ((8, 400), (32, 120), (128, 60))
+        ],
+        "best": [
+            {"batch_size": b, "lr": 0.1, "lr_multiplier": 1.0, "steps_to_target": s}
+            for b, s in ((8, 400), (32, 120), (128, 60))
+        ],
+        "fit": {
+            "ok": False,
+            "reason": hostile,
+            "points": 3,
+            "s_min": None,
+            "e_min": None,
+            "b_crit": None,
+            "b_crit_low": None,
+            "b_crit_high": None,
+        },
+    }
+    page = render_report(workload=hostile, sweep=sweep, target=sweep["target"])
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
+    without_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "data:image/png;base64," in page
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
+    assert not re.search(r"(https?:)?//|<link|@import|<script", without_images)
+
+
+def test_lr_rule_follows_the_optimizer() -> None:
+    """SGD gets the noise-aware rule; AdamW (charlm) the square-root rule."""
+    lr, rule = lr_for(load_workload("digits-mlp"), 128, 100.0)
+    assert rule.value == "noise" and lr == pytest.approx(0.05 * (1 + 100 / 32) / (1 + 100 / 128))
+    lr, rule = lr_for(load_workload("charlm"), 128, 100.0)
+    assert rule.value == "sqrt" and lr == pytest.approx(3e-3 * 2)
+
+
+def test_prediction_minimum_matches_the_closed_form() -> None:
+    """With step_seconds = t0 + c B and S = S_min (1 + Bn/B), T(B) is least at sqrt(Bn t0 / c)
+    (science.md); the best candidate lies within one grid step of it."""
+    t0, c, b_noise = 2e-3, 1e-5, 400.0
+    sizes = [2**k for k in range(13)]
+    profile = ThroughputProfile(
+        workload="w",
+        device="cpu",
+        knee_batch_size=None,
+        knee_gain=0.1,
+        warmup_steps=0,
+        repeats=1,
+        points=tuple(
+            ThroughputPoint(
+                batch_size=b,
+                step_seconds=t0 + c * b,
+                step_seconds_min=0,
+                step_seconds_max=0,
+                samples_per_second=b / (t0 + c * b),
+                steps_per_repeat=1,
+            )
+            for b in sizes
+        ),
+    )
+    predictions = predict(
+        load_workload("digits-mlp"), s_min=100.0, b_noise=b_noise, throughput=profile, cap=4096
+    )
+    best = min(predictions, key=lambda p: p.seconds_to_target)
+    optimum = math.sqrt(b_noise * t0 / c)  # ~283
+    assert optimum / 1.5 <= best.batch_size <= optimum * 1.5
+    assert best.steps_to_target == pytest.approx(100 * (1 + b_noise / best.batch_size))
+
+
+def test_candidates_include_reference_and_cap() -> None:
+    assert candidate_sizes(100, 32) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
