@@ -1,20 +1,41 @@
 """batchlab: which batch size, and which learning rate to go with it, measured on your own workload."""
 
 from ._errors import BatchlabError, ConfigError, WorkloadError
+from .advise import Advice, advise
 from .lr import LrRule, scale_lr
+from .memory import MemoryProfile, MemoryTrial, probe_memory
+from .noise import NoiseEstimate, measure_noise
+from .store import Store
+from .sweep import SweepResult, TradeoffFit, fit_tradeoff, run_sweep
+from .throughput import ThroughputPoint, ThroughputProfile, profile_throughput
 from .train import CurvePoint, TrainResult, train
 from .workload import Target, Workload, load_workload
 
 __all__ = [
+    "Advice",
     "BatchlabError",
     "ConfigError",
     "CurvePoint",
     "LrRule",
+    "MemoryProfile",
+    "MemoryTrial",
+    "NoiseEstimate",
+    "Store",
+    "SweepResult",
     "Target",
+    "ThroughputPoint",
+    "ThroughputProfile",
+    "TradeoffFit",
     "TrainResult",
     "Workload",
     "WorkloadError",
+    "advise",
+    "fit_tradeoff",
     "load_workload",
+    "measure_noise",
+    "probe_memory",
+    "profile_throughput",
+    "run_sweep",
     "scale_lr",
     "train",
 ]

@@ -87,6 +87,7 @@ class Advice:
     memory: dict[str, Any] | None = field(default=None, repr=False)
     throughput: dict[str, Any] | None = field(default=None, repr=False)
     noise: dict[str, Any] | None = field(default=None, repr=False)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,9 +142,20 @@ def predict(
 
 
 class _Budget:
+    """Seconds left, and where they went: each phase (memory, throughput, ...) is timed."""
+
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.start = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self._phase: str | None = None
+        self._since = self.start
+
+    def enter(self, phase: str | None) -> None:
+        now = time.perf_counter()
+        if self._phase is not None:
+            self.phases[self._phase] = self.phases.get(self._phase, 0.0) + now - self._since
+        self._phase, self._since = phase, now
 
     def left(self) -> float:
         return math.inf if self.seconds is None else self.seconds - (time.perf_counter() - self.start)
@@ -162,7 +174,12 @@ def advise(
     minimise predicted time to target under the memory cap."""
     workload = load_workload(workload)
     budget = _Budget(budget_seconds)
-    say = progress or (lambda _: None)
+
+    def say(text: str) -> None:  # each message opens a phase named by its first word
+        budget.enter(text.split(":", 1)[0])
+        if progress:
+            progress(text)
+
     limitations: list[str] = []
 
     say("memory: the largest batch that fits")
@@ -252,6 +269,7 @@ def advise(
             f"the measurements took {budget_seconds - budget.left():.0f}s of a {budget_seconds:.0f}s budget"
         )
 
+    budget.enter(None)
     reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
     speedup = None
     if best and reference_prediction:
@@ -280,6 +298,7 @@ def advise(
         memory=memory.to_dict(),
         throughput=throughput.to_dict(),
         noise=noise,
+        phase_seconds=budget.phases,
         seconds=time.perf_counter() - budget.start,
     )
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +33,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 WORKLOAD_HELP = "a built-in name (see `batchlab workloads`), package.module:function, or file.py:function"
 DEFAULT_WORKLOAD = "digits-mlp"
+
+# Options that most commands share, declared once.
+WorkloadOpt = Annotated[str, typer.Option("--workload", "-w", help=WORKLOAD_HELP)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+LimitOpt = Annotated[
+    str | None, typer.Option("--memory-limit", help="e.g. 1.5GiB (default: what is available)")
+]
 
 
 def err_console() -> Console:
@@ -98,6 +106,11 @@ def write_json(out: Path | None, name: str, data: dict[str, Any]) -> None:
         (out / name).write_text(json.dumps(json_safe(data), indent=2) + "\n")
 
 
+def quiet(as_json: bool) -> bool:
+    """Progress stays off with --json when stderr is not a terminal (a pipe, CI, a test)."""
+    return as_json and not sys.stderr.isatty()
+
+
 @contextmanager
 def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr; yields a callback `update(done, total)`."""
@@ -157,7 +170,7 @@ def workloads(as_json: bool = typer.Option(False, "--json", help="print one JSON
 @app.command("train")
 @guarded
 def train_command(
-    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
     batch_size: str = typer.Option(
         None, "--batch-size", "-b", metavar="INT", help="effective batch (default: the workload's reference)"
     ),
@@ -171,10 +184,10 @@ def train_command(
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget"),
     until_target: bool = typer.Option(False, "--until-target", help="stop when the target is reached"),
     track_noise: bool = typer.Option(False, "--track-noise", help="estimate the gradient noise scale"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: DeviceOpt = "auto",
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", help="folder for results.db and train.json"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Train the workload once and show its curve and time to target."""
     from ._record import recorded_train
@@ -198,7 +211,7 @@ def train_command(
     )
     store = Store(out) if out is not None else None
     try:
-        with progress_bar(f"training {wl.name}", quiet=as_json and not sys.stderr.isatty()) as update:
+        with progress_bar(f"training {wl.name}", quiet=quiet(as_json)) as update:
             result, _ = recorded_train(store, wl, kind="train", progress=update, **settings)
     finally:
         if store is not None:
@@ -242,16 +255,16 @@ def train_table(data: dict[str, Any]) -> Table:
 @app.command("memory")
 @guarded
 def memory_command(
-    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    memory_limit: str = typer.Option(None, "--memory-limit", help="e.g. 1.5GiB (default: what is available)"),
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
+    device: DeviceOpt = "auto",
+    memory_limit: LimitOpt = None,
     reserve: str = typer.Option(None, "--reserve", help="headroom kept free, e.g. 256MiB"),
     granularity: str = typer.Option("1", "--granularity", metavar="INT", help="answer a multiple of this"),
     min_batch_size: str = typer.Option("1", "--min-batch-size", metavar="INT"),
     max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
     no_eval: bool = typer.Option(False, "--no-eval", help="leave the evaluation forward out of a trial"),
     out: Path = typer.Option(None, "--out", help="folder for results.db and memory.json"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Find the largest batch whose whole training step fits, exactly, in child processes."""
     from ._units import format_bytes, parse_bytes
@@ -332,20 +345,20 @@ def memory_table(data: dict[str, Any]) -> Table:
 @app.command("throughput")
 @guarded
 def throughput_command(
-    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
     batch_sizes: str = typer.Option(None, "--batch-sizes", help="e.g. 8,16,32 (default: powers of two)"),
     max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
     repeats: int = typer.Option(3, "--repeats", help="timed blocks per batch size (the median is kept)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db and throughput.json"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Time whole training steps across batch sizes; find the knee where doubling stops paying."""
     from .throughput import profile_throughput
     from .workload import load_workload
 
     wl = load_workload(workload)
-    with progress_bar(f"timing {wl.name}", quiet=as_json and not sys.stderr.isatty()) as update:
+    with progress_bar(f"timing {wl.name}", quiet=quiet(as_json)) as update:
         profile = profile_throughput(
             wl,
             batch_sizes=parse_int_list(batch_sizes, "batch_sizes", flag="--batch-sizes"),
@@ -383,21 +396,21 @@ def throughput_command(
 @app.command("noise")
 @guarded
 def noise_command(
-    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
     batch_size: str = typer.Option(None, "--batch-size", "-b", metavar="INT", help="default: the reference"),
     micro_batches: str = typer.Option("4", "--micro-batches", metavar="INT", help="parts of each batch"),
     steps: str = typer.Option(None, "--steps", metavar="INT", help="training steps before the final pass"),
     lr: float = typer.Option(None, "--lr", help="learning rate (default: the reference rule)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db and noise.json"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Measure the gradient noise scale B_simple while training, and precisely at the end."""
     from .noise import measure_noise
     from .workload import load_workload
 
     wl = load_workload(workload)
-    with progress_bar(f"measuring {wl.name}", quiet=as_json and not sys.stderr.isatty()) as update:
+    with progress_bar(f"measuring {wl.name}", quiet=quiet(as_json)) as update:
         estimate, _ = measure_noise(
             wl,
             batch_size=parse_int(batch_size, "batch_size", flag="--batch-size"),
@@ -450,7 +463,7 @@ class _SweepBars:
 @app.command("sweep")
 @guarded
 def sweep_command(
-    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
     batch_sizes: str = typer.Option("8,32,128,512", "--batch-sizes", help="comma-separated batch sizes"),
     lr_rule: LrRule = typer.Option(
         LrRule.LINEAR, "--lr-rule", help="how the learning rate follows the batch"
@@ -462,9 +475,9 @@ def sweep_command(
     b_noise: float = typer.Option(None, "--b-noise", help="noise scale for --lr-rule noise"),
     max_steps: str = typer.Option(None, "--max-steps", metavar="INT", help="step budget per run"),
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget per run (default 100)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db (resumable), sweep.json and plots"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Train to the target at several batch sizes; fit steps = S_min (1 + B_crit / B)."""
     from .store import Store
@@ -480,7 +493,7 @@ def sweep_command(
         TimeElapsedColumn(),
         console=err_console(),
         transient=True,
-        disable=as_json and not sys.stderr.isatty(),
+        disable=quiet(as_json),
     )
     try:
         with bar:
@@ -557,9 +570,9 @@ def sweep_table(data: dict[str, Any]) -> Table:
 @app.command("advise")
 @guarded
 def advise_command(
-    workload: str = typer.Option(DEFAULT_WORKLOAD, "--workload", "-w", help=WORKLOAD_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    memory_limit: str = typer.Option(None, "--memory-limit", help="e.g. 1.5GiB (default: what is available)"),
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
+    device: DeviceOpt = "auto",
+    memory_limit: LimitOpt = None,
     budget_seconds: float = typer.Option(None, "--budget-seconds", help="stop measuring after this long"),
     validate: bool = typer.Option(
         False, "--validate", help="train the advice and the reference to the target"
@@ -567,7 +580,7 @@ def advise_command(
     out: Path = typer.Option(
         Path("batchlab-out"), "--out", help="folder for report.html, advice.json, results.db"
     ),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
     from ._units import parse_bytes

@@ -1,0 +1,127 @@
+"""How good is the advice? Against an oracle sweep, on every built-in workload.
+
+Oracle: every power-of-two batch size (charlm: 8 to 512, where a 2-core CPU can afford it), the
+learning rate tuned over {0.5, 1, 2} x the linear rule, each trained to the target. The best time
+to target is the oracle's answer. Then the advice's point, the oracle's best point, batch 32 at the
+reference learning rate, and the largest batch that fits with the linear rule are re-timed side
+by side (median of 3), so that the ratios compare like with like. Goals: advice within 1.15x of
+the oracle, at most a fifth of its cost; measured speedup within 25% of predicted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from _common import write
+
+import batchlab
+from batchlab.advise import advise
+
+ORACLE_SIZES = {
+    "digits-mlp": [2**k for k in range(11)],
+    "digits-cnn": [2**k for k in range(11)],
+    "linreg": [2**k for k in range(14)],
+    "charlm": [8, 16, 32, 64, 128, 256, 512],
+}
+MULTIPLIERS = (0.5, 1.0, 2.0)
+REPEATS = 3
+
+
+def seconds_to_target(workload: batchlab.Workload, batch_size: int, lr: float) -> float | None:
+    times = []
+    for seed in range(REPEATS):
+        run = batchlab.train(workload, batch_size=batch_size, lr=lr, until_target=True, seed=seed)
+        times.append(run.seconds_to_target if run.reached_target else float("inf"))
+    median = statistics.median(times)
+    return None if median == float("inf") else median
+
+
+def oracle(workload: batchlab.Workload) -> tuple[list[dict], float]:
+    started = time.perf_counter()
+    runs = []
+    for b in ORACLE_SIZES[workload.name]:
+        for m in MULTIPLIERS:
+            lr = workload.lr * b / workload.batch_size * m
+            run = batchlab.train(workload, batch_size=b, lr=lr, until_target=True)
+            runs.append(
+                {
+                    "batch_size": b,
+                    "lr": lr,
+                    "seconds_to_target": run.seconds_to_target,
+                    "steps_to_target": run.steps_to_target,
+                    "diverged": run.diverged,
+                }
+            )
+    return runs, time.perf_counter() - started
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(ORACLE_SIZES)
+    rows, figures = [], {}
+    for name in names:
+        workload = batchlab.load_workload(name)
+        started = time.perf_counter()
+        advice = advise(workload, validate=True)
+        advice_cost = time.perf_counter() - started
+        # The cost that counts against the oracle is the advice itself; validation is an optional check.
+        advice_only = advice_cost - advice.phase_seconds.get("validate", 0.0)
+        runs, oracle_cost = oracle(workload)
+        reached = [r for r in runs if r["seconds_to_target"] is not None]
+        best = min(reached, key=lambda r: r["seconds_to_target"])
+        cap = advice.max_batch_size or workload.train_size
+        points = {
+            "advice": (advice.batch_size, advice.lr),
+            "oracle": (best["batch_size"], best["lr"]),
+            "batch 32, reference lr": (32, workload.lr),
+            "largest that fits, linear rule": (cap, workload.lr * cap / workload.batch_size),
+        }
+        timed = {label: seconds_to_target(workload, b, lr) for label, (b, lr) in points.items()}
+        ratio = None if timed["advice"] is None or not timed["oracle"] else timed["advice"] / timed["oracle"]
+        figures[name] = {
+            "advice": advice.to_dict() | {"memory": None, "throughput": None, "noise": None},
+            "advice_cost_seconds": advice_cost,
+            "oracle_cost_seconds": oracle_cost,
+            "oracle_runs": runs,
+            "points": {
+                k: {"batch_size": v[0], "lr": v[1], "seconds_to_target": timed[k]} for k, v in points.items()
+            },
+            "advice_over_oracle": ratio,
+            "cost_fraction": advice_only / oracle_cost,
+            "advice_cost_without_validation_seconds": advice_only,
+            "phase_seconds": advice.phase_seconds,
+            "predicted_speedup": advice.predicted_speedup,
+            "measured_speedup": advice.measured_speedup,
+        }
+
+        def cell(label: str, points=points, timed=timed) -> str:  # type: ignore[no-untyped-def]
+            b, lr = points[label]
+            t = timed[label]
+            return f"{b} @ {lr:.3g}: {'not reached' if t is None else f'{t:.3f}s'}"
+
+        predicted = advice.predicted_speedup or float("nan")
+        measured = advice.measured_speedup or float("nan")
+        rows.append(
+            f"| {name} | {cell('advice')} | {cell('oracle')} | {cell('batch 32, reference lr')} | "
+            f"{cell('largest that fits, linear rule')} | {ratio if ratio is None else f'{ratio:.2f}'} | "
+            f"{advice_only:.0f}s (+{advice_cost - advice_only:.0f}s validation) / {oracle_cost:.0f}s | "
+            f"{predicted:.2f} / {measured:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    table = [
+        f"# advice quality (cpu, median of {REPEATS} seeds per point, {time.strftime('%Y-%m-%d')})",
+        "",
+        "Each cell: batch @ lr: seconds to target (training time, evaluation excluded).",
+        "",
+        "| workload | advice | oracle best | batch 32, ref lr | largest, linear "
+        "| advice/oracle (goal <= 1.15) | cost advice / oracle (goal <= 1/5) "
+        "| speedup predicted / measured (goal within 25%) |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    write("advice_quality", {"workloads": figures}, table)
+
+
+if __name__ == "__main__":
+    main()
