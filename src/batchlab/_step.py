@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ._data import Batch
+from ._precision import Amp
 from .workload import LossFn
 
 
@@ -62,6 +63,7 @@ def backward(
     *,
     micro_batches: int,
     measure_noise: bool = False,
+    amp: Amp | None = None,
 ) -> StepOutput:
     """Accumulate the batch's mean-loss gradient over `micro_batches` equal parts.
 
@@ -69,6 +71,8 @@ def backward(
     gradient of the mean loss over the whole batch. With `measure_noise`, each part's own gradient
     (k times the increment it added) gives a |G_small|^2 sample, and the total gives |G_big|^2.
     """
+    if amp is not None:
+        return _backward_amp(model, loss_fn, batch, micro_batches, amp)
     if micro_batches == 1 and not measure_noise:  # the common case: nothing to split or divide
         x, y = batch
         loss = loss_fn(model(x), y)
@@ -91,3 +95,17 @@ def backward(
     if not measure_noise:
         return StepOutput(total, None, None)
     return StepOutput(total, small_sq / micro_batches, _sq_norm(_grad_list(params)))
+
+
+def _backward_amp(
+    model: nn.Module, loss_fn: LossFn, batch: Batch, micro_batches: int, amp: Amp
+) -> StepOutput:
+    """The same accumulation, with the forward pass under autocast and the loss scaled for fp16."""
+    total = None
+    for x, y in split(batch, micro_batches):
+        with amp.autocast():
+            loss = loss_fn(model(x), y) / micro_batches
+        amp.backward(loss)
+        total = loss.detach().float() if total is None else total + loss.detach().float()
+    assert total is not None
+    return StepOutput(total, None, None)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ._errors import BatchlabError, bad
 from ._json import json_safe
+from ._precision import Precision
 from .lr import LrRule
 
 app = typer.Typer(
@@ -184,6 +185,10 @@ def train_command(
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget"),
     until_target: bool = typer.Option(False, "--until-target", help="stop when the target is reached"),
     track_noise: bool = typer.Option(False, "--track-noise", help="estimate the gradient noise scale"),
+    precision: Precision = typer.Option(
+        Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
+    ),
+    checkpoint: bool = typer.Option(False, "--checkpoint", help="recompute each of model.blocks in backward"),
     device: DeviceOpt = "auto",
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", help="folder for results.db and train.json"),
@@ -206,6 +211,8 @@ def train_command(
         max_epochs=max_epochs,
         until_target=until_target,
         track_noise=track_noise,
+        precision=precision,
+        checkpoint=checkpoint,
         seed=seed,
         device=device,
     )
@@ -263,6 +270,13 @@ def memory_command(
     min_batch_size: str = typer.Option("1", "--min-batch-size", metavar="INT"),
     max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
     no_eval: bool = typer.Option(False, "--no-eval", help="leave the evaluation forward out of a trial"),
+    precision: Precision = typer.Option(
+        Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
+    ),
+    checkpoint: bool = typer.Option(False, "--checkpoint", help="recompute each of model.blocks in backward"),
+    strategies: bool = typer.Option(
+        False, "--strategies", help="compare precision, checkpointing, accumulation"
+    ),
     out: Path = typer.Option(None, "--out", help="folder for results.db and memory.json"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -288,11 +302,30 @@ def memory_command(
             highlight=False,
         )
 
+    if strategies:
+        from .strategies import compare_strategies
+
+        report = compare_strategies(
+            wl,
+            device=device,
+            limit_bytes=limit,
+            reserve_bytes=reserve_bytes,
+            progress=None if as_json else lambda text: console.print(text, style="bold"),
+            on_trial=show,
+        )
+        save(out, "strategies", wl.name, report.to_dict())
+        if as_json:
+            emit_json(report.to_dict())
+        else:
+            render(strategies_table(report.to_dict()))
+        return
     profile = probe_memory(
         wl,
         device=device,
         limit_bytes=limit,
         reserve_bytes=reserve_bytes,
+        precision=precision.value,
+        checkpoint=checkpoint,
         granularity=parse_int(granularity, "granularity", flag="--granularity") or 0,
         min_batch_size=parse_int(min_batch_size, "min_batch_size", flag="--min-batch-size") or 0,
         max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
@@ -305,6 +338,24 @@ def memory_command(
         emit_json(data)
         return
     render(memory_table(data))
+
+
+def strategies_table(data: dict[str, Any]) -> Table:
+    from ._units import format_bytes
+
+    table = Table(
+        title=f"{data['workload']} on {data['device']}: memory strategies, limit "
+        f"{format_bytes(data['limit_bytes'])}"
+    )
+    for column in ("strategy", "largest batch", "per sample", "samples/s", "note"):
+        table.add_column(column, justify="right")
+    for r in data["strategies"]:
+        per_sample = "-" if r["per_sample_bytes"] is None else format_bytes(r["per_sample_bytes"])
+        table.add_row(
+            r["strategy"], fmt(r["max_batch_size"]), per_sample, fmt(r["samples_per_second"], 4), r["note"]
+        )
+    table.caption = f"samples/s timed at batch {data['common_batch_size']} for every strategy"
+    return table
 
 
 def save(out: Path | None, kind: str, workload: str, data: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 from ._device import resolve_device
 from ._errors import WorkloadError, bad
 from ._json import json_safe
+from ._precision import Amp, Precision, as_precision
 from .workload import Workload, load_workload
 
 # glibc reads these at start-up; the forkserver (and so every trial) inherits them.
@@ -276,6 +278,8 @@ class TrialPlan:
     include_eval: bool
     min_steps: int
     max_steps: int
+    precision: str = "fp32"
+    checkpoint: bool = False
 
 
 def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tuple[int, int, str | None]:
@@ -293,8 +297,10 @@ def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tu
         if space is not None:  # a safety net far above the limit: a runaway allocation fails cleanly
             cap = space + 2 * plan.limit_bytes
             resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    model = fresh_model(workload, 0, device)
+    model = fresh_model(workload, 0, device, checkpoint=plan.checkpoint)
     optimizer = workload.optimizer(model.parameters(), workload.lr)
+    precision = Precision(plan.precision)
+    amp = None if precision is Precision.FP32 else Amp(precision, device)
     indices = torch.arange(plan.batch_size) % workload.train_size
     x, y = _gather(workload, indices, device)
     stable_bytes = 0 if cuda else CPU_STABLE_BYTES
@@ -302,11 +308,14 @@ def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tu
     for _ in range(plan.max_steps):
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        backward(model, workload.loss, (x, y), micro_batches=1)
-        optimizer.step()
+        backward(model, workload.loss, (x, y), micro_batches=1, amp=amp)
+        if amp is not None:
+            amp.step(optimizer)
+        else:
+            optimizer.step()
         if plan.include_eval:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), amp.autocast() if amp is not None else nullcontext():
                 model(x)
         if cuda:
             torch.cuda.synchronize(device)
@@ -411,6 +420,8 @@ def probe_memory(
     max_batch_size: int | None = None,
     granularity: int = 1,
     include_eval: bool = True,
+    precision: str = "fp32",
+    checkpoint: bool = False,
     progress: Callable[[MemoryTrial], None] | None = None,
 ) -> MemoryProfile:
     """The largest batch whose whole training step fits under `limit_bytes - reserve_bytes`.
@@ -446,11 +457,24 @@ def probe_memory(
     began = time.perf_counter()
 
     spec = workload.spec
+    amp_precision = as_precision(precision, dev)
+    if checkpoint:  # fail here, in the caller, if the model has no blocks to wrap
+        from .train import fresh_model
+
+        fresh_model(workload, 0, torch.device("cpu"), checkpoint=True)
 
     def trial(batch_size: int, confirmation: bool) -> MemoryTrial:
         longer = CONFIRM_FACTOR if confirmation else 1
         plan = TrialPlan(
-            spec, batch_size, str(dev), budget, include_eval, MIN_STEPS * longer, MAX_STEPS * longer
+            spec,
+            batch_size,
+            str(dev),
+            budget,
+            include_eval,
+            MIN_STEPS * longer,
+            MAX_STEPS * longer,
+            amp_precision.value,
+            checkpoint,
         )
         outcome = server.run(plan, confirmation=confirmation)
         if progress:

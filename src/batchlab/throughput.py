@@ -20,6 +20,7 @@ from ._data import DeviceData
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
+from ._precision import Amp, Precision, as_precision
 from ._step import backward
 from .memory import is_out_of_memory
 from .train import fresh_model
@@ -131,15 +132,22 @@ def _time_batch(
     warmup_steps: int,
     steps: int | None,
     repeats: int,
+    precision: Precision = Precision.FP32,
+    checkpoint: bool = False,
+    accumulation: int = 1,
 ) -> ThroughputPoint:
-    model = fresh_model(workload, 0, device)
+    model = fresh_model(workload, 0, device, checkpoint=checkpoint)
     optimizer = workload.optimizer(model.parameters(), workload.lr)
     batches = data.shuffled(batch_size, torch.Generator().manual_seed(0))
+    amp = None if precision is Precision.FP32 else Amp(precision, device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        backward(model, workload.loss, next(batches), micro_batches=1)
-        optimizer.step()
+        backward(model, workload.loss, next(batches), micro_batches=accumulation, amp=amp)
+        if amp is not None:
+            amp.step(optimizer)
+        else:
+            optimizer.step()
 
     start = clock(device)
     for _ in range(warmup_steps):
@@ -174,9 +182,15 @@ def profile_throughput(
     knee_gain: float = KNEE_GAIN,
     device: str | torch.device = "auto",
     stop_after_knee: bool = True,
+    precision: str | Precision = Precision.FP32,
+    checkpoint: bool = False,
+    accumulation: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> ThroughputProfile:
     """Median step seconds and samples/s at each batch size, and the knee.
+
+    With `precision`, `checkpoint` or `accumulation` (the batch split into that many micro-batches),
+    the step is timed under that memory strategy.
 
     `steps=None` sizes each timed block to last at least 50 ms. A batch that runs out of memory is
     recorded as not fitting, and larger ones are not tried. With `stop_after_knee`, the sweep ends
@@ -195,12 +209,24 @@ def profile_throughput(
         check_batch_size(b, workload.train_size, field="batch_sizes")
     if repeats < 1 or warmup_steps < 0:
         raise bad("repeats", repeats, "an integer >= 1 (and warmup_steps >= 0)")
+    amp = as_precision(precision, dev)
     data = DeviceData(workload.train_data, dev)
     points: list[ThroughputPoint] = []
     for i, b in enumerate(sizes):
         try:
             points.append(
-                _time_batch(workload, data, dev, b, warmup_steps=warmup_steps, steps=steps, repeats=repeats)
+                _time_batch(
+                    workload,
+                    data,
+                    dev,
+                    b,
+                    warmup_steps=warmup_steps,
+                    steps=steps,
+                    repeats=repeats,
+                    precision=amp,
+                    checkpoint=checkpoint,
+                    accumulation=accumulation,
+                )
             )
         except Exception as error:  # only an out-of-memory error ends the curve; others propagate
             if not is_out_of_memory(error):

@@ -19,6 +19,7 @@ from ._data import Batch, DeviceData, batch_len
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
+from ._precision import Amp, Precision, apply_checkpointing, as_precision
 from ._step import backward
 from .lr import LrRule, as_rule, scale_lr, warmup_factor
 from .workload import Workload, check_batch_size, check_lr, load_workload
@@ -86,6 +87,8 @@ class TrainResult:
     final_metrics: dict[str, float]
     curve: tuple[CurvePoint, ...]
     noise: dict[str, float] | None = None
+    precision: str = "fp32"
+    checkpoint: bool = False
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,10 +107,13 @@ class TrainResult:
 Progress = Callable[[int, int], None]
 
 
-def fresh_model(workload: Workload, seed: int, device: torch.device) -> nn.Module:
-    """The workload's model, built under `seed`, on `device`."""
+def fresh_model(
+    workload: Workload, seed: int, device: torch.device, *, checkpoint: bool = False
+) -> nn.Module:
+    """The workload's model, built under `seed`, on `device`; its blocks checkpointed if asked."""
     torch.manual_seed(seed)
-    return workload.model().to(device)
+    model = workload.model().to(device)
+    return apply_checkpointing(model) if checkpoint else model
 
 
 def evaluate(
@@ -178,6 +184,8 @@ def train(
     device: str | torch.device = "auto",
     track_noise: bool = False,
     noise_every: int | None = None,
+    precision: str | Precision = Precision.FP32,
+    checkpoint: bool = False,
     keep_model: bool = False,
     on_point: Callable[[CurvePoint], None] | None = None,
     progress: Progress | None = None,
@@ -222,6 +230,9 @@ def train(
         )
     limit = _step_limit(workload, batch_size, max_steps, max_epochs, until_target)
     dev = resolve_device(device)
+    amp_precision = as_precision(precision, dev)
+    if track_noise and amp_precision is not Precision.FP32:
+        raise bad("track_noise", True, "used with fp32 precision", "measure the noise scale in fp32")
     loop = _Loop(
         workload,
         dev,
@@ -233,6 +244,8 @@ def train(
         track_noise=track_noise,
         noise_every=noise_every,
         noise_parts=noise_parts,
+        precision=amp_precision,
+        checkpoint=checkpoint,
     )
     curve, stop = loop.run(
         limit=limit, until_target=until_target, eval_every=eval_every, on_point=on_point, progress=progress
@@ -256,12 +269,16 @@ class _Loop:
         track_noise: bool,
         noise_every: int,
         noise_parts: int,
+        precision: Precision,
+        checkpoint: bool,
     ) -> None:
         self.workload, self.device = workload, device
         self.batch_size, self.accumulation, self.lr = batch_size, accumulation, lr
         self.warmup_steps, self.seed = warmup_steps, seed
         self.track_noise, self.noise_every, self.noise_parts = track_noise, max(1, noise_every), noise_parts
-        self.model = fresh_model(workload, seed, device)
+        self.model = fresh_model(workload, seed, device, checkpoint=checkpoint)
+        self.precision, self.checkpoint = precision, checkpoint
+        self.amp = None if precision is Precision.FP32 else Amp(precision, device)
         self.model.train()
         self.optimizer = workload.optimizer(self.model.parameters(), lr)
         self.train_data = DeviceData(workload.train_data, device)
@@ -285,7 +302,9 @@ class _Loop:
         measure = self.track_noise and self.step % self.noise_every == 0
         parts = self.noise_parts if measure else self.accumulation
         self.optimizer.zero_grad(set_to_none=True)
-        out = backward(self.model, self.workload.loss, batch, micro_batches=parts, measure_noise=measure)
+        out = backward(
+            self.model, self.workload.loss, batch, micro_batches=parts, measure_noise=measure, amp=self.amp
+        )
         if measure:
             assert out.small_sq is not None and out.big_sq is not None
             self.noise = noise_est.update(
@@ -296,7 +315,10 @@ class _Loop:
                 b_big=self.batch_size,
                 population=self.workload.train_size,
             )
-        self.optimizer.step()
+        if self.amp is not None:
+            self.amp.step(self.optimizer)
+        else:
+            self.optimizer.step()
         self.step += 1
         return out.loss
 
@@ -412,6 +434,8 @@ class _Loop:
             final_metrics=dict(last.metrics),
             curve=tuple(curve),
             noise=noise,
+            precision=self.precision.value,
+            checkpoint=self.checkpoint,
             model=self.model if keep_model else None,
         )
 

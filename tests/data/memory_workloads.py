@@ -82,3 +82,19 @@ def broken() -> Workload:
 
 def wide() -> Workload:
     return _workload("wide", Wide, n=400)
+
+
+class WideMLP(nn.Module):
+    """Large activations from linear layers (which autocast runs in bf16): 8 -> 65536 -> 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(8, 65536)
+        self.down = nn.Linear(65536, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))  # (B, 65536) saved twice: ~512 KiB a sample in fp32
+
+
+def wide_mlp() -> Workload:
+    return _workload("wide-mlp", WideMLP, n=400)
