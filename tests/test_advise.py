@@ -36,7 +36,14 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     assert 1 <= data["batch_size"] <= data["max_batch_size"]
     best = min(data["predictions"], key=lambda p: p["seconds_to_target"])
     assert data["batch_size"] == best["batch_size"]
-    assert data["predicted_seconds_to_target"] == pytest.approx(best["seconds_to_target"])
+    assert data["model_steps_to_target"] == pytest.approx(best["steps_to_target"])
+    # The time is the steps (measured by the tuning runs when they reached the target) x step time.
+    assert data["predicted_seconds_to_target"] == pytest.approx(
+        data["predicted_steps_to_target"] * best["step_seconds"]
+    )
+    tuned = [c for c in data["lr_checks"] if c["lr"] == data["lr"] and c["steps_to_target"] is not None]
+    if tuned:
+        assert data["predicted_steps_to_target"] == tuned[-1]["steps_to_target"]
     page = (tmp_path / "report.html").read_text()
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) >= 4
     assert (tmp_path / "advice.json").is_file() and (tmp_path / "results.db").is_file()

@@ -13,8 +13,9 @@ The advice stands on three measurements and one model:
     T(B) = S(B) * step_seconds(B), minimised over the batch sizes that fit.
 
 The learning rate follows the noise-aware rule for SGD, lr(B) = lr_ref (1 + B_noise/B_ref) /
-(1 + B_noise/B), and the square-root rule for adaptive optimizers (Malladi et al. 2022). A short
-check at the recommended point halves the rate until it trains without diverging. With `validate`,
+(1 + B_noise/B), and the square-root rule for adaptive optimizers (Malladi et al. 2022); then a
+short doubling search at the recommended batch (each run trained to the target) halves the rate
+while it diverges and doubles it while it trains in fewer steps. With `validate`,
 the recommendation is trained to the target and the measured speedup stands beside the predicted.
 """
 
@@ -36,8 +37,9 @@ from .throughput import ThroughputProfile, profile_throughput
 from .train import train
 from .workload import Workload, load_workload
 
-LR_CHECK_STEPS = 50
+LR_CHECK_STEPS = 50  # the least a tuning run may take
 LR_CHECK_HALVINGS = 4
+LR_DOUBLINGS = 2
 NOISE_MICRO_BATCHES = 4
 
 Progress = Callable[[str], None]
@@ -70,9 +72,13 @@ class Advice:
     batch_size: int
     lr: float
     lr_rule: str
+    lr_from_rule: float  # the rule's rate, before the doubling search at the chosen batch
+    # Steps at the chosen batch: measured by the tuning runs when they reached the target, else the
+    # model's; seconds = steps x the profiled step time. The speedup is over the reference as run.
     predicted_steps_to_target: float | None
     predicted_seconds_to_target: float | None
     predicted_speedup: float | None
+    model_steps_to_target: float | None  # S_min (1 + B_noise / B) at the chosen batch
     max_batch_size: int | None
     b_noise: float | None
     b_noise_stderr: float | None
@@ -247,10 +253,13 @@ def advise(
     best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
     chosen_size = best.batch_size if best else workload.batch_size
     chosen_lr, rule = lr_for(workload, chosen_size, b_noise) if best else (workload.lr, LrRule.NONE)
+    rule_lr = chosen_lr
 
     lr_checks: list[Measured] = []
     if best is not None and chosen_size != workload.batch_size:
-        chosen_lr, lr_checks = _check_lr(workload, chosen_size, chosen_lr, device, budget, limitations, say)
+        chosen_lr, lr_checks = _tune_lr(
+            workload, chosen_size, chosen_lr, best.steps_to_target, device, budget, limitations, say
+        )
 
     measured: list[Measured] = []
     measured_speedup = None
@@ -271,9 +280,17 @@ def advise(
 
     budget.enter(None)
     reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
+    # The tuning runs trained to the target at the chosen batch: their steps replace the model's.
+    tuned = [m for m in lr_checks if m.lr == chosen_lr and m.steps_to_target is not None]
+    predicted_steps = best.steps_to_target if best else None
+    if tuned:
+        predicted_steps = float(tuned[-1].steps_to_target or 0)
+    predicted_seconds = None
+    if best and predicted_steps is not None:
+        predicted_seconds = predicted_steps * best.step_seconds
     speedup = None
-    if best and reference_prediction:
-        speedup = reference_prediction.seconds_to_target / best.seconds_to_target
+    if predicted_seconds and reference_prediction:
+        speedup = reference_prediction.seconds_to_target / predicted_seconds
     return Advice(
         workload=workload.name,
         device=memory.device,
@@ -281,16 +298,20 @@ def advise(
         batch_size=chosen_size,
         lr=chosen_lr,
         lr_rule=rule.value,
-        predicted_steps_to_target=best.steps_to_target if best else None,
-        predicted_seconds_to_target=best.seconds_to_target if best else None,
+        lr_from_rule=rule_lr,
+        predicted_steps_to_target=predicted_steps,
+        predicted_seconds_to_target=predicted_seconds,
         predicted_speedup=speedup,
+        model_steps_to_target=best.steps_to_target if best else None,
         max_batch_size=memory.max_batch_size,
         b_noise=b_noise,
         b_noise_stderr=b_noise_stderr,
         knee_batch_size=throughput.knee_batch_size,
         reference=reference,
         predictions=tuple(predictions),
-        rationale=tuple(_rationale(workload, best, b_noise, memory, throughput, speedup, rule)),
+        rationale=tuple(
+            _rationale(workload, best, b_noise, memory, throughput, speedup, rule, chosen_lr / rule_lr)
+        ),
         limitations=tuple(limitations),
         lr_checks=tuple(lr_checks),
         measured=tuple(measured),
@@ -314,36 +335,52 @@ def _measured(run: Any, batch_size: int) -> Measured:
     )
 
 
-def _check_lr(
+def _tune_lr(
     workload: Workload,
     batch_size: int,
     lr: float,
+    predicted_steps: float,
     device: str | torch.device,
     budget: _Budget,
     limitations: list[str],
     say: Progress,
 ) -> tuple[float, list[Measured]]:
-    """Train a few steps at the recommended point; halve the rate while it diverges."""
-    checks = []
-    for _ in range(LR_CHECK_HALVINGS + 1):
+    """A doubling search on the learning rate at the chosen batch, each run trained to the target
+    (at most twice the predicted steps): halve while it diverges; from the first rate that trains,
+    double while steps-to-target falls. The rules assume the reference rate was the best one at the
+    reference batch; when it was conservative, this recovers the difference."""
+    limit = max(LR_CHECK_STEPS, math.ceil(2 * predicted_steps))
+    checks: list[Measured] = []
+
+    def attempt(rate: float) -> Measured | None:
         if budget.left() <= 0:
-            limitations.append("the budget ran out before the learning rate was checked")
-            break
-        say(f"check: {LR_CHECK_STEPS} steps at batch {batch_size}, lr {lr:.3g}")
+            limitations.append("the budget ran out while the learning rate was being tuned")
+            return None
+        say(f"check: batch {batch_size} at lr {rate:.3g}, to the target or {limit} steps")
         run = train(
-            workload,
-            batch_size=batch_size,
-            lr=lr,
-            max_steps=LR_CHECK_STEPS,
-            eval_every=LR_CHECK_STEPS,
-            device=device,
+            workload, batch_size=batch_size, lr=rate, until_target=True, max_steps=limit, device=device
         )
         checks.append(_measured(run, batch_size))
-        if not run.diverged:
+        return checks[-1]
+
+    def steps(m: Measured) -> float:
+        return math.inf if m.steps_to_target is None else m.steps_to_target
+
+    current = attempt(lr)
+    for _ in range(LR_CHECK_HALVINGS):
+        if current is None or not current.diverged:
             break
         lr /= 2
-    else:
-        limitations.append(f"training diverged at batch {batch_size} even at lr {lr * 2:.3g}")
+        current = attempt(lr)
+    if current is None or current.diverged:
+        if current is not None:
+            limitations.append(f"training diverged at batch {batch_size} even at lr {lr:.3g}")
+        return lr, checks
+    for _ in range(LR_DOUBLINGS):
+        bigger = attempt(2 * lr)
+        if bigger is None or bigger.diverged or steps(bigger) >= steps(current):
+            break
+        lr, current = 2 * lr, bigger
     return lr, checks
 
 
@@ -355,6 +392,7 @@ def _rationale(
     throughput: ThroughputProfile,
     speedup: float | None,
     rule: LrRule,
+    tuned: float = 1.0,
 ) -> list[str]:
     if best is None or b_noise is None:
         return [
@@ -378,7 +416,8 @@ def _rationale(
             f"{throughput.knee_gain:.0%} samples/s)."
         )
     lines.append(
-        f"Predicted time to target is least at batch {best.batch_size}: {best.steps_to_target:.0f} steps "
+        f"The model predicts the least time to target at batch {best.batch_size}: "
+        f"{best.steps_to_target:.0f} steps "
         f"of {best.step_seconds * 1e3:.2f} ms = {best.seconds_to_target:.2f} s."
     )
     if speedup is not None:
@@ -393,4 +432,9 @@ def _rationale(
             else "the square-root rule for an adaptive optimizer."
         )
     )
+    if tuned != 1.0:
+        lines.append(
+            f"Trained to the target at batch {best.batch_size}, {tuned:g}x the rule's rate was faster: "
+            "the reference rate was not the best one at the reference batch."
+        )
     return lines

@@ -156,18 +156,17 @@ def throughput(profile: dict[str, Any]) -> bytes:
 
 
 def noise_history(estimate: dict[str, Any]) -> bytes:
-    """B_simple (running estimate) and training loss against steps."""
+    """The running B_simple (an EMA, so it lags behind the parameters), the value measured at the
+    final parameters, and the training loss, against steps."""
     with _figure() as (fig, (ax,)):
-        points = [p for p in estimate["history"] if p["b_simple"] is not None and p["b_simple"] > 0]
-        ax.plot(
-            [p["step"] for p in points], [p["b_simple"] for p in points], color="tab:purple", label="B_simple"
-        )
-        ax.axhline(
-            estimate["b_simple"],
-            color="tab:purple",
-            linestyle=":",
-            label=f"at the end: {estimate['b_simple']:.3g}",
-        )
+        points = [p for p in estimate["history"] if p.get("b_simple") is not None and p["b_simple"] > 0]
+        values = [p["b_simple"] for p in points]
+        ax.plot([p["step"] for p in points], values, color="tab:purple", label="running estimate (EMA, lags)")
+        final = estimate["b_simple"]
+        ax.axhline(final, color="tab:purple", linestyle=":", label=f"at the final parameters: {final:.3g}")
+        if values and final > 0:
+            low, high = min([*values, final]), max([*values, final])
+            ax.set_ylim(low / 1.3, high * 1.3)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("B_simple")
@@ -176,7 +175,7 @@ def noise_history(estimate: dict[str, Any]) -> bytes:
         loss_ax.plot([p["step"] for p in losses], [p["train_loss"] for p in losses], color="grey", alpha=0.6)
         loss_ax.set_ylabel("train loss", color="grey")
         ax.set_title("gradient noise scale over training")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center")
         return _png(fig)
 
 
