@@ -40,6 +40,7 @@ from .workload import Workload, load_workload
 LR_CHECK_STEPS = 50  # the least a tuning run may take
 LR_CHECK_HALVINGS = 4
 LR_DOUBLINGS = 2
+LR_DOUBLING_GAIN = 0.9  # a doubling must save 10% of the steps: one seed's noise is not a gain
 NOISE_MICRO_BATCHES = 4
 
 Progress = Callable[[str], None]
@@ -378,7 +379,7 @@ def _tune_lr(
         return lr, checks
     for _ in range(LR_DOUBLINGS):
         bigger = attempt(2 * lr)
-        if bigger is None or bigger.diverged or steps(bigger) >= steps(current):
+        if bigger is None or bigger.diverged or steps(bigger) > LR_DOUBLING_GAIN * steps(current):
             break
         lr, current = 2 * lr, bigger
     return lr, checks
