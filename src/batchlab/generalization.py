@@ -8,7 +8,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ def autograd_hvp(model: nn.Module, workload: Workload, batches: list[tuple[Any, 
         for x, y in batches:  # per chunk, so the double-backward graph of only one chunk is alive
             loss = workload.loss(model(x), y) * (len(y) / total)
             g = torch.autograd.grad(loss, params, create_graph=True)
-            dot = sum((gi * vi).sum() for gi, vi in zip(g, v, strict=True))
+            dot = torch.stack([(gi * vi).sum() for gi, vi in zip(g, v, strict=True)]).sum()
             hv = torch.autograd.grad(dot, params)
             out = [o + h.detach() for o, h in zip(out, hv, strict=True)]
         return out
@@ -149,7 +149,12 @@ def finite_difference_hvp(
 
 
 def top_eigenvalue(
-    hvp: Hvp, params: list[torch.Tensor], *, tolerance: float = 1e-4, max_iterations: int = 200, seed: int = 0
+    hvp: Hvp,
+    params: Sequence[torch.Tensor],
+    *,
+    tolerance: float = 1e-4,
+    max_iterations: int = 200,
+    seed: int = 0,
 ) -> tuple[float, int, bool]:
     """Power iteration on H: the eigenvalue of largest magnitude, to a relative `tolerance`."""
     generator = torch.Generator().manual_seed(seed)
