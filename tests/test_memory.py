@@ -191,3 +191,45 @@ def test_cli_memory_bad_input(args: list[str], fragment: str) -> None:
     from .helpers import assert_one_line_error, invoke
 
     assert_one_line_error(invoke("memory", "--workload", "linreg", *args), fragment)
+
+
+@pytest.mark.parametrize("creep", [0, 150 * 1024])
+@pytest.mark.parametrize("limit_mib", [310, 340, 380, 450, 600, 1000, 1536])
+@pytest.mark.parametrize("curve", ["linear", "charlm", "concave"])
+def test_search_bound_and_answer_on_replayed_curves(curve: str, limit_mib: int, creep: int) -> None:
+    """Memory curves shaped like the measured ones (a linear one, charlm's 623 KiB a sample, and
+    digits-cnn's concave start at 56 KiB a sample), with and without a late creep of 150 KiB in the
+    longer confirmation run: the search stays within ceil(log2(answer)) + 4 trials; the answer is
+    the exact edge without creep, and with it the largest size whose long run fits, or one below."""
+    import numpy as np
+
+    peaks = {
+        "linear": lambda b: 300 * MiB + MiB * b,
+        "charlm": lambda b: 255 * MiB + 623 * 1024 * b,
+        "concave": lambda b: 303 * MiB + 56 * 1024 * b + 3 * MiB * (1 - float(np.exp(-b / 50))),
+    }
+    peak, limit = peaks[curve], limit_mib * MiB
+    tried: list[int] = []
+
+    def trial(b: int, confirmation: bool) -> MemoryTrial:
+        tried.append(b)
+        p = peak(b) + (creep if confirmation else 0)
+        return MemoryTrial(
+            batch_size=b,
+            fits=p <= limit,
+            peak_bytes=int(min(p, limit + 4096)),
+            seconds=0.0,
+            steps=4,
+            confirmation=confirmation,
+        )
+
+    best, _ = search_max_batch(trial, start=1, cap=7137, granularity=1, budget_bytes=limit)
+    long_edge = max((b for b in range(1, 7138) if peak(b) + creep <= limit), default=None)
+    if long_edge is None:
+        assert best is None
+        return
+    assert best is not None
+    assert long_edge - 1 <= best <= long_edge
+    if creep == 0:
+        assert best == long_edge
+    assert len(tried) <= math.ceil(math.log2(max(best, 2))) + 4

@@ -153,14 +153,12 @@ class _Search:
     def run(self, batch_size: int, *, confirmation: bool = False) -> MemoryTrial:
         outcome = self.trial(batch_size, confirmation)
         self.trials.append(outcome)
-        if outcome.fits and not confirmation:
+        if confirmation:  # a confirmation's verdict is handled by `confirm`
+            return outcome
+        if outcome.fits:
             self.best = max(self.best or 0, batch_size)
-        elif not outcome.fits:
+        else:
             self.bad = batch_size if self.bad is None else min(self.bad, batch_size)
-            if self.best is not None and self.best >= batch_size:
-                self.best = max(
-                    (t.batch_size for t in self.trials if t.fits and t.batch_size < batch_size), default=None
-                )
         return outcome
 
     def local_model(self) -> tuple[float, float] | None:
@@ -205,12 +203,17 @@ class _Search:
             self.run(min(self.cap, max(self._floor(guess), self.best + self.g)))
 
     def narrow(self) -> None:
-        guided = 1  # trust the model for one trial once it explains the failure; then bisect
+        guided = 2  # trust the model for two trials once it explains the failure; then bisect
         while self.best is not None and self.bad is not None and self.bad - self.best > self.g:
             best, bad = self.best, self.bad
             edge = self.edge() if guided > 0 and self.model_explains_failure() else None
             if edge is not None:
+                # When the failure was an overshoot just past the predicted edge, the model runs
+                # slightly optimistic: aim 1% below it, to bracket from below.
                 guided -= 1
+                margin = max(self.g, edge // 100)
+                if bad <= edge + 2 * margin:
+                    edge = self._floor(edge - margin)
                 candidate = edge if best < edge < bad else (best + self.g if edge <= best else bad - self.g)
             elif bad / best > 4:
                 candidate = self._floor(int(math.sqrt(best * bad)))
@@ -220,12 +223,40 @@ class _Search:
             self.run(candidate)
 
     def confirm(self) -> None:
-        """Run the answer again, longer: a peak that creeps past the limit late is caught here."""
+        """Run the answer again, longer: a peak that creeps past the limit late is caught here.
+
+        When it fails, the creep (the long run's peak less the short trial's) is converted into
+        samples with the local slope, and the answer steps down by that much and is confirmed
+        again: one trial per failure, rather than a search from scratch.
+        """
         while self.best is not None:
-            outcome = self.run(self.best, confirmation=True)
+            size = self.best
+            outcome = self.run(size, confirmation=True)
             if outcome.fits:
                 return
-            self.narrow()  # `run` moved best below the failed size; search between again
+            self.bad = size
+            self.best = self._step_down(size, outcome)
+
+    def _step_down(self, size: int, failed: MemoryTrial) -> int | None:
+        if size <= self.start:
+            return None
+        model = self.local_model()
+        per_sample = model[1] if model is not None and model[1] > 0 else None
+        short = next(
+            (
+                t.peak_bytes
+                for t in reversed(self.trials)
+                if t.batch_size == size and t.fits and not t.confirmation and t.peak_bytes
+            ),
+            None,
+        )
+        if short is None and model is not None:
+            short = int(model[0] + model[1] * size)
+        steps = 1
+        if per_sample is not None and short is not None:
+            creep = max(failed.peak_bytes or self.budget, self.budget) - short
+            steps = max(1, math.ceil(creep / per_sample))
+        return max(self.start, size - steps * self.g)
 
 
 def search_max_batch(
