@@ -10,11 +10,12 @@ the oracle, at most a fifth of its cost; measured speedup within 25% of predicte
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
 
-from _common import write
+from _common import RESULTS, write
 
 import batchlab
 from batchlab.advise import advise
@@ -29,10 +30,18 @@ MULTIPLIERS = (0.5, 1.0, 2.0)
 REPEATS = 3
 
 
-def seconds_to_target(workload: batchlab.Workload, batch_size: int, lr: float) -> float | None:
+def seconds_to_target(
+    workload: batchlab.Workload, batch_size: int, lr: float, oracle_steps: int, oracle_examples: int
+) -> float | None:
+    """Median over seeds of training seconds to the target; None when the median run did not get
+    there within 3x the oracle best run's steps or 3x its examples, whichever allows more (a bigger
+    batch spends more examples and fewer steps by design; past both, it is slower than the oracle)."""
     times = []
+    max_steps = max(3 * oracle_steps, 3 * oracle_examples // batch_size)
     for seed in range(REPEATS):
-        run = batchlab.train(workload, batch_size=batch_size, lr=lr, until_target=True, seed=seed)
+        run = batchlab.train(
+            workload, batch_size=batch_size, lr=lr, until_target=True, seed=seed, max_steps=max_steps
+        )
         times.append(run.seconds_to_target if run.reached_target else float("inf"))
     median = statistics.median(times)
     return None if median == float("inf") else median
@@ -59,7 +68,10 @@ def oracle(workload: batchlab.Workload) -> tuple[list[dict], float]:
 
 def main() -> None:
     names = sys.argv[1:] or list(ORACLE_SIZES)
-    rows, figures = [], {}
+    earlier = RESULTS / "advice_quality.json"
+    previous = json.loads(earlier.read_text()) if earlier.exists() else {}
+    figures: dict = previous.get("workloads", {})
+    rows_by_name: dict[str, str] = previous.get("rows", {})
     for name in names:
         workload = batchlab.load_workload(name)
         started = time.perf_counter()
@@ -77,7 +89,11 @@ def main() -> None:
             "batch 32, reference lr": (32, workload.lr),
             "largest that fits, linear rule": (cap, workload.lr * cap / workload.batch_size),
         }
-        timed = {label: seconds_to_target(workload, b, lr) for label, (b, lr) in points.items()}
+        oracle_steps, oracle_examples = best["steps_to_target"], best["steps_to_target"] * best["batch_size"]
+        timed = {
+            label: seconds_to_target(workload, b, lr, oracle_steps, oracle_examples)
+            for label, (b, lr) in points.items()
+        }
         ratio = None if timed["advice"] is None or not timed["oracle"] else timed["advice"] / timed["oracle"]
         figures[name] = {
             "advice": advice.to_dict() | {"memory": None, "throughput": None, "noise": None},
@@ -102,13 +118,13 @@ def main() -> None:
 
         predicted = advice.predicted_speedup or float("nan")
         measured = advice.measured_speedup or float("nan")
-        rows.append(
+        rows_by_name[name] = (
             f"| {name} | {cell('advice')} | {cell('oracle')} | {cell('batch 32, reference lr')} | "
             f"{cell('largest that fits, linear rule')} | {ratio if ratio is None else f'{ratio:.2f}'} | "
             f"{advice_only:.0f}s (+{advice_cost - advice_only:.0f}s validation) / {oracle_cost:.0f}s | "
             f"{predicted:.2f} / {measured:.2f} |"
         )
-        print(rows[-1], flush=True)
+        print(rows_by_name[name], flush=True)
     table = [
         f"# advice quality (cpu, median of {REPEATS} seeds per point, {time.strftime('%Y-%m-%d')})",
         "",
@@ -118,9 +134,9 @@ def main() -> None:
         "| advice/oracle (goal <= 1.15) | cost advice / oracle (goal <= 1/5) "
         "| speedup predicted / measured (goal within 25%) |",
         "|---|---|---|---|---|---|---|---|",
-        *rows,
+        *(rows_by_name[n] for n in ORACLE_SIZES if n in rows_by_name),
     ]
-    write("advice_quality", {"workloads": figures}, table)
+    write("advice_quality", {"workloads": figures, "rows": rows_by_name}, table)
 
 
 if __name__ == "__main__":

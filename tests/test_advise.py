@@ -43,7 +43,7 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     )
     tuned = [c for c in data["lr_checks"] if c["lr"] == data["lr"] and c["steps_to_target"] is not None]
     if tuned:
-        assert data["predicted_steps_to_target"] == tuned[-1]["steps_to_target"]
+        assert data["predicted_steps_to_target"] == max(c["steps_to_target"] for c in tuned)
     page = (tmp_path / "report.html").read_text()
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) >= 4
     assert (tmp_path / "advice.json").is_file() and (tmp_path / "results.db").is_file()
@@ -140,3 +140,28 @@ def test_prediction_minimum_matches_the_closed_form() -> None:
 
 def test_candidates_include_reference_and_cap() -> None:
     assert candidate_sizes(100, 32) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
+
+
+def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rates that both miss the target within the cap are not a gain: the search keeps the first."""
+    import importlib
+
+    from batchlab.advise import _Budget, _tune_lr
+
+    advise_module = importlib.import_module("batchlab.advise")  # the module: batchlab.advise is the function
+
+    calls: list[float] = []
+
+    class Missed:
+        def __init__(self, lr: float) -> None:
+            self.lr, self.reached_target, self.steps_to_target = lr, False, None
+            self.seconds_to_target, self.diverged = None, False
+
+    def fake_train(workload, *, lr, **_):  # type: ignore[no-untyped-def]
+        calls.append(lr)
+        return Missed(lr)
+
+    monkeypatch.setattr(advise_module, "train", fake_train)
+    lr, checks = _tune_lr(load_workload("digits-mlp"), 64, 0.1, 20.0, "cpu", _Budget(None), [], lambda _: None)
+    assert lr == 0.1
+    assert sorted(set(calls)) == [0.1, 0.2]

@@ -14,7 +14,8 @@ The advice stands on three measurements and one model:
 
 The learning rate follows the noise-aware rule for SGD, lr(B) = lr_ref (1 + B_noise/B_ref) /
 (1 + B_noise/B), and the square-root rule for adaptive optimizers (Malladi et al. 2022); then a
-short doubling search at the recommended batch (each run trained to the target) halves the rate
+short doubling search at the recommended batch (each rate trained to the target on two seeds, the
+slower deciding) halves the rate
 while it diverges and doubles it while it trains in fewer steps. With `validate`,
 the recommendation is trained to the target and the measured speedup stands beside the predicted.
 """
@@ -40,6 +41,7 @@ from .workload import Workload, load_workload
 LR_CHECK_STEPS = 50  # the least a tuning run may take
 LR_CHECK_HALVINGS = 4
 LR_DOUBLINGS = 2
+TUNING_SEEDS = 2  # each candidate rate is trained on this many seeds; the slower decides
 LR_DOUBLING_GAIN = 0.9  # a doubling must save 10% of the steps: one seed's noise is not a gain
 NOISE_MICRO_BATCHES = 4
 
@@ -261,6 +263,16 @@ def advise(
         chosen_lr, lr_checks = _tune_lr(
             workload, chosen_size, chosen_lr, best.steps_to_target, device, budget, limitations, say
         )
+        if lr_checks and not any(m.steps_to_target is not None for m in lr_checks):
+            # Never seen to reach the target at this batch (a larger batch can settle above a tight
+            # target): recommend only what was seen to work, the reference point.
+            limitations.append(
+                f"at batch {chosen_size} no learning rate tried reached the target within twice the "
+                f"predicted steps, so the reference point (batch {workload.batch_size}) is kept"
+            )
+            best = next((p for p in predictions if p.batch_size == workload.batch_size), None)
+            chosen_size, chosen_lr, rule = workload.batch_size, workload.lr, LrRule.NONE
+            rule_lr = chosen_lr
 
     measured: list[Measured] = []
     measured_speedup = None
@@ -284,8 +296,8 @@ def advise(
     # The tuning runs trained to the target at the chosen batch: their steps replace the model's.
     tuned = [m for m in lr_checks if m.lr == chosen_lr and m.steps_to_target is not None]
     predicted_steps = best.steps_to_target if best else None
-    if tuned:
-        predicted_steps = float(tuned[-1].steps_to_target or 0)
+    if tuned:  # the slower seed at the chosen rate, as the tuning judged it
+        predicted_steps = float(max(m.steps_to_target or 0 for m in tuned))
     predicted_seconds = None
     if best and predicted_steps is not None:
         predicted_seconds = predicted_steps * best.step_seconds
@@ -354,15 +366,28 @@ def _tune_lr(
     checks: list[Measured] = []
 
     def attempt(rate: float) -> Measured | None:
-        if budget.left() <= 0:
-            limitations.append("the budget ran out while the learning rate was being tuned")
-            return None
-        say(f"check: batch {batch_size} at lr {rate:.3g}, to the target or {limit} steps")
-        run = train(
-            workload, batch_size=batch_size, lr=rate, until_target=True, max_steps=limit, device=device
-        )
-        checks.append(_measured(run, batch_size))
-        return checks[-1]
+        """Train TUNING_SEEDS seeds at `rate`; the slower one speaks for the rate (a rate that only
+        one seed's data order tolerates is not a rate to recommend)."""
+        runs = []
+        for seed in range(TUNING_SEEDS):
+            if budget.left() <= 0:
+                limitations.append("the budget ran out while the learning rate was being tuned")
+                return None
+            say(f"check: batch {batch_size} at lr {rate:.3g}, seed {seed}, to the target or {limit} steps")
+            run = train(
+                workload,
+                batch_size=batch_size,
+                lr=rate,
+                until_target=True,
+                max_steps=limit,
+                device=device,
+                seed=seed,
+            )
+            runs.append(_measured(run, batch_size))
+            if run.diverged:
+                break
+        checks.extend(runs)
+        return max(runs, key=lambda m: (m.diverged, steps(m)))
 
     def steps(m: Measured) -> float:
         return math.inf if m.steps_to_target is None else m.steps_to_target
@@ -379,7 +404,14 @@ def _tune_lr(
         return lr, checks
     for _ in range(LR_DOUBLINGS):
         bigger = attempt(2 * lr)
-        if bigger is None or bigger.diverged or steps(bigger) > LR_DOUBLING_GAIN * steps(current):
+        # Kept only when it reaches the target, in clearly fewer steps (two runs that both miss the
+        # target compare as inf > 0.9 inf, which is false: that must not count as a gain).
+        if (
+            bigger is None
+            or bigger.diverged
+            or bigger.steps_to_target is None
+            or steps(bigger) > LR_DOUBLING_GAIN * steps(current)
+        ):
             break
         lr, current = 2 * lr, bigger
     return lr, checks

@@ -147,6 +147,14 @@ def render(table: Table) -> None:
     Console().print(table)
 
 
+def show_result(data: dict[str, Any], table: Callable[[dict[str, Any]], Table], *, as_json: bool) -> None:
+    """One JSON object on stdout with --json, else the rich table."""
+    if as_json:
+        emit_json(data)
+    else:
+        render(table(data))
+
+
 # Commands ---------------------------------------------------------------------------------------
 
 
@@ -225,10 +233,7 @@ def train_command(
             store.close()
     data = result.to_dict()
     write_json(out, "train.json", data)
-    if as_json:
-        emit_json(data)
-        return
-    render(train_table(data))
+    show_result(data, train_table, as_json=as_json)
 
 
 def train_table(data: dict[str, Any]) -> Table:
@@ -314,10 +319,7 @@ def memory_command(
             on_trial=show,
         )
         save(out, "strategies", wl.name, report.to_dict())
-        if as_json:
-            emit_json(report.to_dict())
-        else:
-            render(strategies_table(report.to_dict()))
+        show_result(report.to_dict(), strategies_table, as_json=as_json)
         return
     profile = probe_memory(
         wl,
@@ -334,10 +336,7 @@ def memory_command(
     )
     data = profile.to_dict()
     save(out, "memory", wl.name, data)
-    if as_json:
-        emit_json(data)
-        return
-    render(memory_table(data))
+    show_result(data, memory_table, as_json=as_json)
 
 
 def strategies_table(data: dict[str, Any]) -> Table:
@@ -420,28 +419,7 @@ def throughput_command(
         )
     data = profile.to_dict()
     save(out, "throughput", wl.name, data)
-    if as_json:
-        emit_json(data)
-        return
-    table = Table(title=f"{wl.name} on {data['device']}: whole training steps")
-    for column in ("batch", "step ms", "min..max ms", "samples/s"):
-        table.add_column(column, justify="right")
-    for p in data["points"]:
-        if not p["fits"]:
-            table.add_row(str(p["batch_size"]), "out of memory", "", "")
-            continue
-        marker = " <- knee" if p["batch_size"] == data["knee_batch_size"] else ""
-        table.add_row(
-            f"{p['batch_size']}{marker}",
-            f"{p['step_seconds'] * 1e3:.3f}",
-            f"{p['step_seconds_min'] * 1e3:.3f}..{p['step_seconds_max'] * 1e3:.3f}",
-            f"{p['samples_per_second']:,.0f}",
-        )
-    table.caption = (
-        f"knee: batch {data['knee_batch_size']} (doubling past it raises samples/s by "
-        f"less than {data['knee_gain']:.0%})"
-    )
-    render(table)
+    show_result(data, throughput_table, as_json=as_json)
 
 
 @app.command("noise")
@@ -473,24 +451,7 @@ def noise_command(
         )
     data = estimate.to_dict()
     save(out, "noise", wl.name, data)
-    if as_json:
-        emit_json(data)
-        return
-    table = Table(
-        title=f"{wl.name}: gradient noise scale at batch {data['batch_size']}, lr {fmt(data['lr'])}"
-    )
-    table.add_column("step", justify="right")
-    table.add_column("train loss", justify="right")
-    table.add_column("B_simple (running)", justify="right")
-    history = data["history"]
-    for p in history[:: max(1, len(history) // 12)]:
-        table.add_row(str(p["step"]), fmt(p["train_loss"]), fmt(p["b_simple"], 3))
-    table.caption = (
-        f"at the final parameters ({data['measured_examples']} examples): B_simple = "
-        f"{fmt(data['b_simple'], 4)} ± {fmt(data['b_simple_stderr'], 2)}  "
-        f"(|G|^2 = {fmt(data['grad_sq'])}, tr(Sigma) = {fmt(data['trace_sigma'])})"
-    )
-    render(table)
+    show_result(data, noise_table, as_json=as_json)
 
 
 class _SweepBars:
@@ -574,10 +535,7 @@ def sweep_command(
             plots.loss_curves([r.to_dict() for r in result.best], data["target"])
         )
         (out / "sweep_steps.png").write_bytes(plots.steps_to_target(data["best"], data["fit"]))
-    if as_json:
-        emit_json(data)
-        return
-    render(sweep_table(data))
+    show_result(data, sweep_table, as_json=as_json)
 
 
 def sweep_table(data: dict[str, Any]) -> Table:
@@ -654,10 +612,7 @@ def advise_command(
     data = result.to_dict()
     save(out, "advice", wl.name, data)
     report = write_report(out)
-    if as_json:
-        emit_json(data)
-    else:
-        render(advice_table(data))
+    show_result(data, advice_table, as_json=as_json)
     console.print(f"report: [bold]{report}[/]", highlight=False)
 
 
@@ -695,6 +650,46 @@ def report_command(
     if not (out / "results.db").is_file():
         raise bad("DIR", str(out), "a folder holding results.db", "run `batchlab advise --out DIR` first")
     err_console().print(f"report: [bold]{write_report(out)}[/]", highlight=False)
+
+
+def throughput_table(data: dict[str, Any]) -> Table:
+    table = Table(title=f"{data['workload']} on {data['device']}: whole training steps")
+    for column in ("batch", "step ms", "min..max ms", "samples/s"):
+        table.add_column(column, justify="right")
+    for p in data["points"]:
+        if not p["fits"]:
+            table.add_row(str(p["batch_size"]), "out of memory", "", "")
+            continue
+        marker = " <- knee" if p["batch_size"] == data["knee_batch_size"] else ""
+        table.add_row(
+            f"{p['batch_size']}{marker}",
+            f"{p['step_seconds'] * 1e3:.3f}",
+            f"{p['step_seconds_min'] * 1e3:.3f}..{p['step_seconds_max'] * 1e3:.3f}",
+            f"{p['samples_per_second']:,.0f}",
+        )
+    table.caption = (
+        f"knee: batch {data['knee_batch_size']} (doubling past it raises samples/s by "
+        f"less than {data['knee_gain']:.0%})"
+    )
+    return table
+
+
+def noise_table(data: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{data['workload']}: gradient noise scale at batch {data['batch_size']}, lr {fmt(data['lr'])}"
+    )
+    table.add_column("step", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("B_simple (running)", justify="right")
+    history = data["history"]
+    for p in history[:: max(1, len(history) // 12)]:
+        table.add_row(str(p["step"]), fmt(p["train_loss"]), fmt(p["b_simple"], 3))
+    table.caption = (
+        f"at the final parameters ({data['measured_examples']} examples): B_simple = "
+        f"{fmt(data['b_simple'], 4)} ± {fmt(data['b_simple_stderr'], 2)}  "
+        f"(|G|^2 = {fmt(data['grad_sq'])}, tr(Sigma) = {fmt(data['trace_sigma'])})"
+    )
+    return table
 
 
 def main() -> None:
