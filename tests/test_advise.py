@@ -162,6 +162,8 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
         return Missed(lr)
 
     monkeypatch.setattr(advise_module, "train", fake_train)
-    lr, checks = _tune_lr(load_workload("digits-mlp"), 64, 0.1, 20.0, "cpu", _Budget(None), [], lambda _: None)
+    workload = load_workload("digits-mlp")
+    lr, checks = _tune_lr(workload, 64, 0.1, 20.0, "cpu", _Budget(None), [], lambda _: None)
     assert lr == 0.1
     assert sorted(set(calls)) == [0.1, 0.2]
+    assert len(checks) == 4  # two rates, two seeds each
