@@ -64,3 +64,17 @@ def test_bf16_training_reaches_the_target() -> None:
     result = train(workload, batch_size=32, precision="bf16", until_target=True, device="cpu")
     assert result.reached_target and result.precision == "bf16"
     assert result.steps_to_target is not None and result.steps_to_target < 400
+
+
+def test_cli_strategies_json() -> None:
+    """`batchlab memory --strategies --json` lists each strategy with the four keys; a model without
+    blocks gets a checkpoint row that says so instead of a number."""
+    from .helpers import invoke_json
+
+    data = invoke_json("memory", "--workload", "linreg", "--strategies", "--memory-limit", "400MiB")
+    rows = {r["strategy"]: r for r in data["strategies"]}
+    assert {"fp32", "bf16", "fp32 + accumulation x4", "checkpoint"} <= set(rows)
+    for row in data["strategies"]:
+        assert {"strategy", "max_batch_size", "per_sample_bytes", "samples_per_second"} <= set(row)
+    assert rows["fp32"]["max_batch_size"] == 8192 and rows["fp32"]["samples_per_second"] > 0
+    assert rows["checkpoint"]["max_batch_size"] is None and "no `blocks`" in rows["checkpoint"]["note"]

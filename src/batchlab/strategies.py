@@ -30,13 +30,13 @@ TIMED_BATCH_CEILING = 64  # a step of the common batch stays affordable under bf
 @dataclass(frozen=True, kw_only=True)
 class StrategyRow:
     strategy: str
-    precision: str
-    checkpoint: bool
-    accumulation: int
-    max_batch_size: int | None  # for accumulation: the effective batch reached
-    per_sample_bytes: float | None
-    samples_per_second: float | None
-    timed_batch_size: int | None
+    precision: str = "fp32"
+    checkpoint: bool = False
+    accumulation: int = 1
+    max_batch_size: int | None = None  # for accumulation: the effective batch reached
+    per_sample_bytes: float | None = None
+    samples_per_second: float | None = None
+    timed_batch_size: int | None = None
     note: str = ""
 
 
@@ -129,13 +129,7 @@ def compare_strategies(
         rows.append(
             StrategyRow(
                 strategy="checkpoint",
-                precision="fp32",
                 checkpoint=True,
-                accumulation=1,
-                max_batch_size=None,
-                per_sample_bytes=None,
-                samples_per_second=None,
-                timed_batch_size=None,
                 note="the model has no `blocks` to wrap",
             )
         )
@@ -159,17 +153,7 @@ def _accumulation_row(
 ) -> StrategyRow:
     name = f"fp32 + accumulation x{k}"
     if micro is None or common is None:
-        return StrategyRow(
-            strategy=name,
-            precision="fp32",
-            checkpoint=False,
-            accumulation=k,
-            max_batch_size=None,
-            per_sample_bytes=None,
-            samples_per_second=None,
-            timed_batch_size=None,
-            note="no fp32 batch fits",
-        )
+        return StrategyRow(strategy=name, accumulation=k, note="no fp32 batch fits")
     effective = min(micro * k, workload.train_size)
     note = "" if micro * k <= workload.train_size else "capped by the training set"
     speed = None
@@ -181,11 +165,8 @@ def _accumulation_row(
         speed = timed.points[0].samples_per_second
     return StrategyRow(
         strategy=name,
-        precision="fp32",
-        checkpoint=False,
         accumulation=k,
         max_batch_size=effective,
-        per_sample_bytes=None,
         samples_per_second=speed,
         timed_batch_size=common,
         note=note,
