@@ -40,7 +40,7 @@ from ._json import json_safe
 from ._precision import Amp, Precision, as_precision
 from .workload import Workload, load_workload
 
-# glibc reads these at start-up; the forkserver (and so every trial) inherits them.
+# glibc reads these at start-up: the trial server is started with them, and every forked trial inherits them.
 CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 MIN_STEPS = 4  # a trial runs at least this many steps...
 MAX_STEPS = 40  # ...and at most this many, waiting for its peak to stop growing
