@@ -46,7 +46,8 @@ def init() -> NoiseState:
     return NoiseState(0.0, 0.0, 0.0, 0.0, 0)
 
 
-def _inverse_batch(batch: float, population: int | None) -> float:
+def inverse_batch(batch: float, population: int | None) -> float:
+    """The 1/B in E|G_B|^2 = |G|^2 + tr(Sigma)/B; (N - B)/((N - 1) B) without replacement from N."""
     if population is None:
         return 1.0 / batch
     return (population - batch) / ((population - 1) * batch)
@@ -58,7 +59,7 @@ def one_step(
     """Unbiased one-step estimates (|G|^2, tr(Sigma)) from squared norms at two batch sizes."""
     if not b_big > b_small > 0:
         raise ValueError(f"need b_big > b_small > 0 (got b_small={b_small}, b_big={b_big})")
-    c_small, c_big = _inverse_batch(b_small, population), _inverse_batch(b_big, population)
+    c_small, c_big = inverse_batch(b_small, population), inverse_batch(b_big, population)
     trace = (small_sq - big_sq) / (c_small - c_big)
     grad_sq = big_sq - c_big * trace  # the same as (B_big|G_big|^2 - B_small|G_small|^2)/(B_big - B_small)
     return grad_sq, trace

@@ -67,6 +67,14 @@ class Amp:
         self.scaler.update()
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, amp: Amp | None) -> None:
+    """The optimizer step, through the fp16 gradient scaler when there is one."""
+    if amp is None:
+        optimizer.step()
+    else:
+        amp.step(optimizer)
+
+
 class Checkpointed(nn.Module):
     """A block whose activations are recomputed in the backward pass instead of kept."""
 

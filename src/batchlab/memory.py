@@ -37,7 +37,7 @@ import torch
 from ._device import resolve_device
 from ._errors import WorkloadError, bad
 from ._json import json_safe
-from ._precision import Amp, Precision, as_precision
+from ._precision import Amp, Precision, as_precision, optimizer_step
 from .workload import Workload, load_workload
 
 # glibc reads these at start-up: the trial server is started with them, and every forked trial inherits them.
@@ -340,10 +340,7 @@ def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tu
         model.train()
         optimizer.zero_grad(set_to_none=True)
         backward(model, workload.loss, (x, y), micro_batches=1, amp=amp)
-        if amp is not None:
-            amp.step(optimizer)
-        else:
-            optimizer.step()
+        optimizer_step(optimizer, amp)
         if plan.include_eval:
             model.eval()
             with torch.no_grad(), amp.autocast() if amp is not None else nullcontext():

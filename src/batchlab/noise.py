@@ -176,7 +176,7 @@ def noise_at_parameters(
     No parameter changes. The standard error comes from the spread of the micro-batch samples.
     """
     from ._data import DeviceData
-    from ._noise_estimator import one_step
+    from ._noise_estimator import inverse_batch, one_step
     from ._step import _grad_list, _sq_norm
 
     n = workload.train_size
@@ -206,8 +206,7 @@ def noise_at_parameters(
     )
     # Delta method: tr(Sigma) moves with the mean of the small samples; |G|^2 = big - c_big tr(Sigma).
     spread = (sum((v - small_sq) ** 2 for v in small) / (count - 1)) ** 0.5 / count**0.5
-    c_small = (n - micro_batch) / ((n - 1) * micro_batch)
-    c_big = (n - b_big) / ((n - 1) * b_big)
+    c_small, c_big = inverse_batch(micro_batch, n), inverse_batch(b_big, n)
     se_trace = spread / (c_small - c_big)
     se_grad = c_big * se_trace
     b_simple = trace / grad_sq if grad_sq > 0 else float("inf")

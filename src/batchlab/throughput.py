@@ -20,7 +20,7 @@ from ._data import DeviceData
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
-from ._precision import Amp, Precision, as_precision
+from ._precision import Amp, Precision, as_precision, optimizer_step
 from ._step import backward
 from .memory import is_out_of_memory
 from .train import fresh_model
@@ -144,10 +144,7 @@ def _time_batch(
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         backward(model, workload.loss, next(batches), micro_batches=accumulation, amp=amp)
-        if amp is not None:
-            amp.step(optimizer)
-        else:
-            optimizer.step()
+        optimizer_step(optimizer, amp)
 
     start = clock(device)
     for _ in range(warmup_steps):

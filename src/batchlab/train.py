@@ -19,7 +19,7 @@ from ._data import Batch, DeviceData, batch_len
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
-from ._precision import Amp, Precision, apply_checkpointing, as_precision
+from ._precision import Amp, Precision, apply_checkpointing, as_precision, optimizer_step
 from ._step import backward
 from .lr import LrRule, as_rule, scale_lr, warmup_factor
 from .workload import Workload, check_batch_size, check_lr, load_workload
@@ -315,10 +315,7 @@ class _Loop:
                 b_big=self.batch_size,
                 population=self.workload.train_size,
             )
-        if self.amp is not None:
-            self.amp.step(self.optimizer)
-        else:
-            self.optimizer.step()
+        optimizer_step(self.optimizer, self.amp)
         self.step += 1
         return out.loss
 
