@@ -140,8 +140,13 @@ def test_cli_sweep_acceptance(tmp_path: Path) -> None:
         "diverged",
         "final_train_loss",
         "final_eval_loss",
+        "sharpness",
+        "epsilon_sharpness",
     }
     assert all(keys <= set(r) for r in data["runs"])
+    # Each final model's sharpness, measured: SGD with momentum 0.9 is only stable where the top
+    # eigenvalue is below (2 + 2 * 0.9) / lr (Cohen et al. 2021), and a trained model's is positive.
+    assert all(0 < r["sharpness"] < 3.8 / r["lr"] and r["epsilon_sharpness"] > 0 for r in data["runs"])
     assert {"s_min", "e_min", "b_crit"} <= set(data["fit"])
     steps = [r["steps_to_target"] for r in data["best"]]
     assert all(s is not None for s in steps)

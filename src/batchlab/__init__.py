@@ -2,9 +2,11 @@
 
 from ._errors import BatchlabError, ConfigError, WorkloadError
 from .advise import Advice, advise
+from .generalization import GhostBatchNorm, Sharpness, epsilon_sharpness, sharpness, use_ghost_batch_norm
 from .lr import LrRule, scale_lr
 from .memory import MemoryProfile, MemoryTrial, probe_memory
 from .noise import NoiseEstimate, measure_noise
+from .schedule import BatchSchedule, Phase, ScheduledBatchSampler
 from .store import Store
 from .sweep import SweepResult, TradeoffFit, fit_tradeoff, run_sweep
 from .throughput import ThroughputPoint, ThroughputProfile, profile_throughput
@@ -13,13 +15,18 @@ from .workload import Target, Workload, load_workload
 
 __all__ = [
     "Advice",
+    "BatchSchedule",
     "BatchlabError",
     "ConfigError",
     "CurvePoint",
+    "GhostBatchNorm",
     "LrRule",
     "MemoryProfile",
     "MemoryTrial",
     "NoiseEstimate",
+    "Phase",
+    "ScheduledBatchSampler",
+    "Sharpness",
     "Store",
     "SweepResult",
     "Target",
@@ -30,6 +37,7 @@ __all__ = [
     "Workload",
     "WorkloadError",
     "advise",
+    "epsilon_sharpness",
     "fit_tradeoff",
     "load_workload",
     "measure_noise",
@@ -37,6 +45,8 @@ __all__ = [
     "profile_throughput",
     "run_sweep",
     "scale_lr",
+    "sharpness",
     "train",
+    "use_ghost_batch_norm",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ that a tiny model is timed on its own work, not on Python collation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -53,20 +53,30 @@ class DeviceData:
 
     def shuffled(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """Endless batches: each epoch a fresh seeded permutation; the last partial batch dropped."""
+        for _, batch in self.epochs(lambda _: batch_size, generator):
+            yield batch
+
+    def epochs(
+        self, batch_size_of: Callable[[int], int], generator: torch.Generator
+    ) -> Iterator[tuple[int, Batch]]:
+        """Endless (epoch, batch) pairs, the batch size of each epoch from `batch_size_of(epoch)`."""
+        epoch = 0
         while True:
             # One permutation per epoch on both paths, so a generic Dataset sees the same order.
             order = torch.randperm(self.size, generator=generator)
+            batch_size = batch_size_of(epoch)
             starts = range(0, self.size - batch_size + 1, batch_size)
             if self.tensors is None:
                 batches = [order[s : s + batch_size].tolist() for s in starts]
                 for x, y in DataLoader(self.dataset, batch_sampler=batches):
-                    yield to_device(x, self.device), to_device(y, self.device)
-                continue
-            order = order.to(self.device)
-            x_all, y_all = self.tensors
-            for start in starts:
-                idx = order[start : start + batch_size]
-                yield x_all[idx], y_all[idx]
+                    yield epoch, (to_device(x, self.device), to_device(y, self.device))
+            else:
+                order = order.to(self.device)
+                x_all, y_all = self.tensors
+                for start in starts:
+                    idx = order[start : start + batch_size]
+                    yield epoch, (x_all[idx], y_all[idx])
+            epoch += 1
 
     def in_order(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """One pass in order (for evaluation), in chunks of `batch_size`, over the first `limit`."""

@@ -23,6 +23,7 @@ from ._errors import BatchlabError, bad
 from ._json import json_safe
 from ._precision import Precision
 from .lr import LrRule
+from .schedule import BatchSchedule, ScheduleMode
 
 app = typer.Typer(
     add_completion=False,
@@ -197,6 +198,20 @@ def train_command(
         Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
     ),
     checkpoint: bool = typer.Option(False, "--checkpoint", help="recompute each of model.blocks in backward"),
+    ghost_batch_size: str = typer.Option(
+        None, "--ghost-batch-size", metavar="INT", help="ghost batch norm over virtual batches of this size"
+    ),
+    milestones: str = typer.Option(
+        None, "--milestones", help="epochs where lr / batch falls by --factor, e.g. 10,20"
+    ),
+    factor: float = typer.Option(2.0, "--factor", help="the fall of lr / batch at each milestone"),
+    schedule: ScheduleMode = typer.Option(
+        ScheduleMode.INCREASE_BATCH, "--schedule", help="grow the batch (Smith et al.) or decay the lr"
+    ),
+    max_batch_size: str = typer.Option(
+        None, "--max-batch-size", metavar="INT", help="the batch never grows past this (then the lr decays)"
+    ),
+    sharpness: bool = typer.Option(False, "--sharpness", help="measure the final model's sharpness"),
     device: DeviceOpt = "auto",
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", help="folder for results.db and train.json"),
@@ -209,8 +224,20 @@ def train_command(
 
     wl = load_workload(workload)
     size = parse_int(batch_size, "batch_size", flag="--batch-size")
+    size = wl.batch_size if size is None else size
+    batches: int | BatchSchedule = size
+    if milestones is not None:
+        batches = BatchSchedule.multistep(
+            size,
+            parse_int_list(milestones, "milestones", flag="--milestones") or [],
+            factor,
+            mode=schedule,
+            max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+        )
+    elif max_batch_size is not None:
+        raise bad("max_batch_size", max_batch_size, "used with --milestones", "add --milestones 10,20")
     settings = dict(
-        batch_size=wl.batch_size if size is None else size,
+        batch_size=batches,
         lr=lr,
         lr_rule=lr_rule,
         warmup_steps=warmup_steps,
@@ -221,6 +248,8 @@ def train_command(
         track_noise=track_noise,
         precision=precision,
         checkpoint=checkpoint,
+        ghost_batch_size=parse_int(ghost_batch_size, "ghost_batch_size", flag="--ghost-batch-size"),
+        sharpness=sharpness,
         seed=seed,
         device=device,
     )
@@ -258,6 +287,16 @@ def train_table(data: dict[str, Any]) -> Table:
     if data.get("noise"):
         rows.append(
             ("B_simple", f"{fmt(data['noise']['b_simple'], 3)} ± {fmt(data['noise']['b_simple_stderr'], 2)}")
+        )
+    if data.get("sharpness"):
+        rows.append(("sharpness (top Hessian eigenvalue)", fmt(data["sharpness"]["top_eigenvalue"])))
+        rows.append(("epsilon-sharpness", fmt(data["sharpness"]["epsilon_sharpness"])))
+    for phase in (data.get("batch_schedule") or {}).get("phases", []):
+        rows.append(
+            (
+                f"from epoch {phase['start_epoch']}",
+                f"batch {phase['batch_size']}, lr x {fmt(phase['lr_factor'], 3)}",
+            )
         )
     for name, value in rows:
         table.add_row(name, value)
@@ -487,6 +526,9 @@ def sweep_command(
     b_noise: float = typer.Option(None, "--b-noise", help="noise scale for --lr-rule noise"),
     max_steps: str = typer.Option(None, "--max-steps", metavar="INT", help="step budget per run"),
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget per run (default 100)"),
+    sharpness: bool = typer.Option(
+        True, "--sharpness/--no-sharpness", help="measure each final model's sharpness"
+    ),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db (resumable), sweep.json and plots"),
     as_json: JsonOpt = False,
@@ -519,6 +561,7 @@ def sweep_command(
                 b_noise=b_noise,
                 max_steps=parse_int(max_steps, "max_steps", flag="--max-steps"),
                 max_epochs=max_epochs,
+                sharpness=sharpness,
                 store=store,
                 device=device,
                 progress=_SweepBars(bar),
@@ -544,7 +587,19 @@ def sweep_table(data: dict[str, Any]) -> Table:
         title=f"{data['workload']}: to {target['metric']} {'<=' if target['mode'] == 'min' else '>='} "
         f"{target['value']}, lr rule {data['lr_rule']}"
     )
-    for column in ("batch", "lr", "seed", "steps", "examples", "seconds", "train loss", "eval loss", "gap"):
+    columns = (
+        "batch",
+        "lr",
+        "seed",
+        "steps",
+        "examples",
+        "seconds",
+        "train loss",
+        "eval loss",
+        "gap",
+        "sharpness",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for r in data["runs"]:
         steps = (
@@ -564,6 +619,7 @@ def sweep_table(data: dict[str, Any]) -> Table:
             fmt(r["final_train_loss"], 3),
             fmt(r["final_eval_loss"], 3),
             fmt(r["generalization_gap"], 2),
+            fmt(r["sharpness"], 3),
         )
     fit = data["fit"]
     if fit["ok"]:

@@ -183,18 +183,24 @@ def sharpness(
 ) -> Sharpness:
     """The top Hessian eigenvalue of the training loss over a fixed sample (the whole training set
     when it has at most `max_examples`): one small batch's estimate varies tenfold. The model is
-    put in eval mode (batch statistics would make the loss depend on the sample's split)."""
+    put in eval mode (batch statistics would make the loss depend on the sample's split). `auto`
+    uses double backward where every operation has one, else finite differences."""
     device = next(model.parameters()).device
     model.eval()
     batches = list(_batches(workload, device, max_examples, chunk))
-    if method == "autograd":
-        hvp = autograd_hvp(model, workload, batches)
-    elif method == "finite-difference":
-        hvp = finite_difference_hvp(model, workload, batches)
-    else:
-        raise bad("method", method, "'autograd' or 'finite-difference'")
+    if method not in ("auto", "autograd", "finite-difference"):
+        raise bad("method", method, "'auto', 'autograd' or 'finite-difference'")
+    if method == "auto":
+        try:  # one product tells whether every operation has a double backward
+            autograd_hvp(model, workload, batches)([torch.zeros_like(p) for p in _params(model)])
+            method = "autograd"
+        except RuntimeError as error:
+            if "not implemented" not in str(error) and "not supported" not in str(error):
+                raise
+            method = "finite-difference"
+    make = autograd_hvp if method == "autograd" else finite_difference_hvp
     value, iterations, converged = top_eigenvalue(
-        hvp, _params(model), tolerance=tolerance, max_iterations=max_iterations
+        make(model, workload, batches), _params(model), tolerance=tolerance, max_iterations=max_iterations
     )
     return Sharpness(
         top_eigenvalue=value,

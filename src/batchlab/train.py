@@ -21,7 +21,10 @@ from ._errors import bad
 from ._json import json_safe
 from ._precision import Amp, Precision, apply_checkpointing, as_precision, optimizer_step
 from ._step import backward
+from .generalization import epsilon_sharpness, use_ghost_batch_norm
+from .generalization import sharpness as top_hessian_eigenvalue
 from .lr import LrRule, as_rule, scale_lr, warmup_factor
+from .schedule import BatchSchedule, Phase
 from .workload import Workload, check_batch_size, check_lr, load_workload
 
 DEFAULT_EPOCHS_UNTIL_TARGET = 100
@@ -29,6 +32,7 @@ DEFAULT_EPOCHS = 10
 EVAL_RESOLUTION = 16  # automatic evaluation keeps steps-to-target within 1/16 of its value
 FINAL_TRAIN_SAMPLE = 2048  # examples of the training set scored at the end, for the train/eval gap
 NOISE_EVERY = 50  # without accumulation, track_noise splits one step in this many
+SHARPNESS_EXAMPLES = 2048  # the fixed training sample the final sharpness is measured on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +93,9 @@ class TrainResult:
     noise: dict[str, float] | None = None
     precision: str = "fp32"
     checkpoint: bool = False
+    ghost_batch_size: int | None = None
+    batch_schedule: dict[str, Any] | None = None  # phases, when the batch size changed during the run
+    sharpness: dict[str, Any] | None = None  # of the final model, when asked for
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,11 +115,24 @@ Progress = Callable[[int, int], None]
 
 
 def fresh_model(
-    workload: Workload, seed: int, device: torch.device, *, checkpoint: bool = False
+    workload: Workload,
+    seed: int,
+    device: torch.device,
+    *,
+    checkpoint: bool = False,
+    ghost_batch_size: int | None = None,
 ) -> nn.Module:
-    """The workload's model, built under `seed`, on `device`; its blocks checkpointed if asked."""
+    """The workload's model, built under `seed`, on `device`; its blocks checkpointed and its batch
+    norm layers made ghost batch norm, if asked."""
     torch.manual_seed(seed)
     model = workload.model().to(device)
+    if ghost_batch_size is not None and use_ghost_batch_norm(model, ghost_batch_size) == 0:
+        raise bad(
+            "ghost_batch_size",
+            ghost_batch_size,
+            "used with a model that has BatchNorm layers",
+            f"leave it out: {workload.name}'s model has none",
+        )
     return apply_checkpointing(model) if checkpoint else model
 
 
@@ -143,7 +163,11 @@ def auto_eval(step: int) -> bool:
 
 
 def _step_limit(
-    workload: Workload, batch_size: int, max_steps: int | None, max_epochs: float | None, until_target: bool
+    workload: Workload,
+    schedule: BatchSchedule,
+    max_steps: int | None,
+    max_epochs: float | None,
+    until_target: bool,
 ) -> int:
     if max_steps is not None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
@@ -154,7 +178,7 @@ def _step_limit(
         epochs = DEFAULT_EPOCHS_UNTIL_TARGET if until_target else DEFAULT_EPOCHS
     if not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0:
         raise bad("max_epochs", max_epochs, "a number > 0", "pass --max-epochs 10")
-    return max(1, math.ceil(epochs * (workload.train_size // batch_size)))
+    return schedule.steps(epochs, workload.train_size)
 
 
 def resolve_lr(
@@ -170,7 +194,7 @@ def resolve_lr(
 def train(
     workload: Workload | str,
     *,
-    batch_size: int,
+    batch_size: int | BatchSchedule,
     lr: float | None = None,
     lr_rule: str | LrRule = LrRule.LINEAR,
     b_noise: float | None = None,
@@ -186,34 +210,47 @@ def train(
     noise_every: int | None = None,
     precision: str | Precision = Precision.FP32,
     checkpoint: bool = False,
+    ghost_batch_size: int | None = None,
+    sharpness: bool = False,
     keep_model: bool = False,
     on_point: Callable[[CurvePoint], None] | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train a fresh model from `workload` at `batch_size` and return its whole curve.
 
-    `batch_size` is the effective batch, split into `accumulation` equal micro-batches. Without an
-    explicit `lr`, the learning rate comes from `lr_rule` applied to the workload's reference point.
+    `batch_size` is the effective batch, split into `accumulation` equal micro-batches; a
+    `BatchSchedule` changes it (and a factor on the learning rate) at epoch milestones. Without an
+    explicit `lr`, the learning rate comes from `lr_rule` applied to the workload's reference point
+    at the first batch size.
     With `until_target`, training stops at the first evaluation that reaches the workload's target.
     `eval_every=None` evaluates on a schedule that keeps steps-to-target within 1/16 of its value.
     `track_noise` estimates the gradient noise scale along the way, every `noise_every` steps:
     by default every step when accumulation already splits the batch (nearly free), else every
     NOISE_EVERY-th step, split in two (a split step costs up to twice a plain one on tiny models).
+    `ghost_batch_size` swaps the model's BatchNorm layers for ghost batch norm over virtual batches
+    of that size; `sharpness` measures the final model's top Hessian eigenvalue and epsilon-sharpness.
     A NaN or infinite loss stops the run and marks it `diverged`: a result, not an error.
     """
     workload = load_workload(workload)
-    check_batch_size(batch_size, workload.train_size)
+    if isinstance(batch_size, BatchSchedule):
+        schedule = batch_size
+        for phase in schedule.phases:
+            check_batch_size(phase.batch_size, workload.train_size)
+    else:
+        check_batch_size(batch_size, workload.train_size)
+        schedule = BatchSchedule.constant(batch_size)
     rule = as_rule(lr_rule)
-    lr_value = resolve_lr(workload, batch_size, lr, rule, b_noise)
+    lr_value = resolve_lr(workload, schedule.initial_batch_size, lr, rule, b_noise)
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise bad("accumulation", accumulation, "an integer >= 1", "pass --accumulation 1")
-    if batch_size % accumulation:
-        raise bad(
-            "accumulation",
-            accumulation,
-            f"a divisor of the batch size {batch_size}",
-            "pick a batch size that is a multiple of it",
-        )
+    for size in sorted({p.batch_size for p in schedule.phases}):
+        if size % accumulation:
+            raise bad(
+                "accumulation",
+                accumulation,
+                f"a divisor of the batch size {size}",
+                "pick batch sizes that are multiples of it",
+            )
     if warmup_steps < 0:
         raise bad("warmup_steps", warmup_steps, "an integer >= 0")
     if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
@@ -221,14 +258,15 @@ def train(
     noise_parts = accumulation if accumulation > 1 else 2
     if noise_every is None:
         noise_every = 1 if accumulation > 1 else NOISE_EVERY
-    if track_noise and batch_size % noise_parts:
-        raise bad(
-            "batch_size",
-            batch_size,
-            f"a multiple of {noise_parts} to track the noise scale",
-            "pass an even batch size, or --accumulation K with K dividing it",
-        )
-    limit = _step_limit(workload, batch_size, max_steps, max_epochs, until_target)
+    for size in sorted({p.batch_size for p in schedule.phases}):
+        if track_noise and size % noise_parts:
+            raise bad(
+                "batch_size",
+                size,
+                f"a multiple of {noise_parts} to track the noise scale",
+                "pass an even batch size, or --accumulation K with K dividing it",
+            )
+    limit = _step_limit(workload, schedule, max_steps, max_epochs, until_target)
     dev = resolve_device(device)
     amp_precision = as_precision(precision, dev)
     if track_noise and amp_precision is not Precision.FP32:
@@ -236,7 +274,7 @@ def train(
     loop = _Loop(
         workload,
         dev,
-        batch_size=batch_size,
+        schedule=schedule,
         accumulation=accumulation,
         lr=lr_value,
         warmup_steps=warmup_steps,
@@ -246,11 +284,12 @@ def train(
         noise_parts=noise_parts,
         precision=amp_precision,
         checkpoint=checkpoint,
+        ghost_batch_size=ghost_batch_size,
     )
     curve, stop = loop.run(
         limit=limit, until_target=until_target, eval_every=eval_every, on_point=on_point, progress=progress
     )
-    return loop.result(curve, stop, rule=rule, keep_model=keep_model)
+    return loop.result(curve, stop, rule=rule, keep_model=keep_model, sharpness=sharpness)
 
 
 class _Loop:
@@ -261,7 +300,7 @@ class _Loop:
         workload: Workload,
         device: torch.device,
         *,
-        batch_size: int,
+        schedule: BatchSchedule,
         accumulation: int,
         lr: float,
         warmup_steps: int,
@@ -271,34 +310,43 @@ class _Loop:
         noise_parts: int,
         precision: Precision,
         checkpoint: bool,
+        ghost_batch_size: int | None,
     ) -> None:
         self.workload, self.device = workload, device
-        self.batch_size, self.accumulation, self.lr = batch_size, accumulation, lr
+        self.schedule = schedule
+        self._enter(schedule.phases[0])
+        self.accumulation, self.lr = accumulation, lr
         self.warmup_steps, self.seed = warmup_steps, seed
         self.track_noise, self.noise_every, self.noise_parts = track_noise, max(1, noise_every), noise_parts
-        self.model = fresh_model(workload, seed, device, checkpoint=checkpoint)
-        self.precision, self.checkpoint = precision, checkpoint
+        self.model = fresh_model(
+            workload, seed, device, checkpoint=checkpoint, ghost_batch_size=ghost_batch_size
+        )
+        self.precision, self.checkpoint, self.ghost_batch_size = precision, checkpoint, ghost_batch_size
         self.amp = None if precision is Precision.FP32 else Amp(precision, device)
         self.model.train()
         self.optimizer = workload.optimizer(self.model.parameters(), lr)
         self.train_data = DeviceData(workload.train_data, device)
         self.eval_data = None if workload.eval_data is None else DeviceData(workload.eval_data, device)
-        self.eval_batch = max(batch_size, 256)
+        self.eval_batch = max(schedule.largest_batch_size, 256)
         self.noise = noise_est.init()
         self.step = 0
+        self.examples = 0
+        self.lr_now = lr
         self.seconds = 0.0
         self.diverged = False
         self.target_point: CurvePoint | None = None
 
-    def _set_lr(self, value: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = value
+    def _enter(self, phase: Phase) -> None:
+        self.phase, self.batch_size = phase, phase.batch_size
+        later = [p.start_epoch for p in self.schedule.phases if p.start_epoch > phase.start_epoch]
+        self.next_phase_epoch = min(later, default=math.inf)
 
     def _train_step(self, batch: Batch) -> torch.Tensor:
-        if self.step < self.warmup_steps:
-            self._set_lr(self.lr * warmup_factor(self.step, self.warmup_steps))
-        elif self.step == self.warmup_steps and self.warmup_steps > 0:
-            self._set_lr(self.lr)
+        lr = self.lr * self.phase.lr_factor * warmup_factor(self.step, self.warmup_steps)
+        if lr != self.lr_now:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.lr_now = lr
         measure = self.track_noise and self.step % self.noise_every == 0
         parts = self.noise_parts if measure else self.accumulation
         self.optimizer.zero_grad(set_to_none=True)
@@ -317,6 +365,7 @@ class _Loop:
             )
         optimizer_step(self.optimizer, self.amp)
         self.step += 1
+        self.examples += self.batch_size
         return out.loss
 
     def _point(self, train_loss: float | None) -> CurvePoint:
@@ -329,7 +378,7 @@ class _Loop:
         b_simple = noise_est.read(self.noise).b_simple if self.noise.updates else None
         return CurvePoint(
             step=self.step,
-            examples=self.step * self.batch_size,
+            examples=self.examples,
             seconds=self.seconds,
             lr=self.optimizer.param_groups[0]["lr"],
             batch_size=self.batch_size,
@@ -351,15 +400,18 @@ class _Loop:
         curve = [self._point(None)]
         if on_point:
             on_point(curve[0])
-        batches: Iterator[Batch] = self.train_data.shuffled(
-            self.batch_size, torch.Generator().manual_seed(self.seed)
+        batches: Iterator[tuple[int, Batch]] = self.train_data.epochs(
+            self.schedule.batch_size_at, torch.Generator().manual_seed(self.seed)
         )
         losses: list[torch.Tensor] = []  # summed only at evaluation: no per-step device sync
         due = auto_eval if eval_every is None else (lambda step: step % eval_every == 0)
         started = clock(self.device)
         stop = "budget"
         while self.step < limit:
-            losses.append(self._train_step(next(batches)))
+            epoch, batch = next(batches)
+            if epoch >= self.next_phase_epoch:
+                self._enter(self.schedule.at(epoch))
+            losses.append(self._train_step(batch))
             if not (due(self.step) or self.step == limit):
                 continue
             self.seconds += clock(self.device) - started
@@ -385,7 +437,9 @@ class _Loop:
             started = clock(self.device)
         return curve, stop
 
-    def result(self, curve: list[CurvePoint], stop: str, *, rule: LrRule, keep_model: bool) -> TrainResult:
+    def result(
+        self, curve: list[CurvePoint], stop: str, *, rule: LrRule, keep_model: bool, sharpness: bool
+    ) -> TrainResult:
         final_train = None
         if not self.diverged:
             final_train, _ = evaluate(
@@ -395,6 +449,19 @@ class _Loop:
                 batch_size=self.eval_batch,
                 limit=FINAL_TRAIN_SAMPLE,
             )
+        measured = None
+        if sharpness and not self.diverged:
+            started = clock(self.device)
+            top = top_hessian_eigenvalue(
+                self.model, self.workload, method="auto", max_examples=SHARPNESS_EXAMPLES, tolerance=1e-3
+            )
+            measured = {
+                **top.to_dict(),
+                "epsilon_sharpness": epsilon_sharpness(
+                    self.model, self.workload, max_examples=SHARPNESS_EXAMPLES
+                ),
+            }
+            measured["seconds"] = clock(self.device) - started
         last = curve[-1]
         hit = self.target_point
         noise = None
@@ -409,8 +476,8 @@ class _Loop:
             }
         return TrainResult(
             workload=self.workload.name,
-            batch_size=self.batch_size,
-            micro_batch_size=self.batch_size // self.accumulation,
+            batch_size=self.schedule.initial_batch_size,
+            micro_batch_size=self.schedule.initial_batch_size // self.accumulation,
             accumulation=self.accumulation,
             lr=self.lr,
             lr_rule=rule.value,
@@ -419,7 +486,7 @@ class _Loop:
             device=str(self.device),
             target=self.workload.target.to_dict(),
             steps=self.step,
-            examples=self.step * self.batch_size,
+            examples=self.examples,
             seconds=self.seconds,
             reached_target=hit is not None,
             steps_to_target=None if hit is None else hit.step,
@@ -433,6 +500,9 @@ class _Loop:
             noise=noise,
             precision=self.precision.value,
             checkpoint=self.checkpoint,
+            ghost_batch_size=self.ghost_batch_size,
+            batch_schedule=self.schedule.to_dict() if len(self.schedule.phases) > 1 else None,
+            sharpness=measured,
             model=self.model if keep_model else None,
         )
 
