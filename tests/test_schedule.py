@@ -73,8 +73,8 @@ def test_the_memory_cap_turns_the_rest_of_each_factor_into_a_learning_rate_drop(
 def test_every_milestone_divides_lr_over_batch_by_the_factor(
     batch: int, gaps: list[int], factor: float, headroom: int | None, mode: str
 ) -> None:
-    """Smith et al.'s invariant: in phase k, lr_factor / B = 1 / (B_0 factor^k) (up to the rounding of
-    B to an integer, which lr_factor absorbs exactly); batches never shrink and never pass the cap."""
+    """Smith et al.'s invariant: in phase k, lr_factor / B = 1 / (B_0 factor^k) (lr_factor absorbs the
+    rounding of B down to an integer); batches never shrink nor pass the cap; the rate never rises."""
     milestones = [sum(gaps[: i + 1]) for i in range(len(gaps))]
     cap = None if headroom is None else batch + headroom
     schedule = BatchSchedule.multistep(batch, milestones, factor, mode=mode, max_batch_size=cap)

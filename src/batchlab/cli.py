@@ -24,6 +24,7 @@ from ._json import json_safe
 from ._precision import Precision
 from .lr import LrRule
 from .schedule import BatchSchedule, ScheduleMode
+from .study import StudyName
 
 app = typer.Typer(
     add_completion=False,
@@ -706,6 +707,97 @@ def report_command(
     if not (out / "results.db").is_file():
         raise bad("DIR", str(out), "a folder holding results.db", "run `batchlab advise --out DIR` first")
     err_console().print(f"report: [bold]{write_report(out)}[/]", highlight=False)
+
+
+@app.command("study")
+@guarded
+def study_command(
+    name: StudyName = typer.Argument(
+        ..., help="lr-scaling, increase-batch, generalization or noise-vs-batch"
+    ),
+    workload: WorkloadOpt = "digits-cnn",
+    epochs: float = typer.Option(None, "--epochs", help="training length of the base arms"),
+    batch_sizes: str = typer.Option(None, "--batch-sizes", help="lr-scaling: default 64,256,1024"),
+    batch_size: str = typer.Option(
+        None, "--batch-size", metavar="INT", help="increase-batch: the first batch"
+    ),
+    milestones: str = typer.Option(
+        None, "--milestones", help="increase-batch: epochs (default 1/4, 1/2, 3/4)"
+    ),
+    factor: float = typer.Option(None, "--factor", help="increase-batch: the fall of lr / batch (default 2)"),
+    max_batch_size: str = typer.Option(
+        None, "--max-batch-size", metavar="INT", help="increase-batch: the memory cap"
+    ),
+    small: str = typer.Option(None, "--small", metavar="INT", help="generalization: the small batch"),
+    large: str = typer.Option(None, "--large", metavar="INT", help="generalization: the large batch"),
+    ghost_batch_size: str = typer.Option(None, "--ghost-batch-size", metavar="INT", help="generalization"),
+    draws: str = typer.Option(None, "--draws", metavar="INT", help="noise-vs-batch: batches per size"),
+    seed: int = typer.Option(0, "--seed"),
+    device: DeviceOpt = "auto",
+    out: Path = typer.Option(None, "--out", help="folder for report.html, study.json, results.db"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Test a piece of large-batch folklore on your workload: a report and the numbers behind it."""
+    import inspect
+
+    from .report import render_study
+    from .store import Store
+    from .study import STUDIES, run_study
+    from .workload import load_workload
+
+    given = {
+        "epochs": epochs,
+        "batch_sizes": parse_int_list(batch_sizes, "batch_sizes", flag="--batch-sizes"),
+        "batch_size": parse_int(batch_size, "batch_size", flag="--batch-size"),
+        "milestones": parse_int_list(milestones, "milestones", flag="--milestones"),
+        "factor": factor,
+        "max_batch_size": parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+        "small": parse_int(small, "small", flag="--small"),
+        "large": parse_int(large, "large", flag="--large"),
+        "ghost_batch_size": parse_int(ghost_batch_size, "ghost_batch_size", flag="--ghost-batch-size"),
+        "draws": parse_int(draws, "draws", flag="--draws"),
+    }
+    accepted = inspect.signature(STUDIES[name]).parameters
+    options = {k: v for k, v in given.items() if v is not None}
+    for key in options:
+        if key not in accepted:
+            flag = "--" + key.replace("_", "-")
+            raise bad(flag, options[key], f"an option of another study, not {name.value}", f"drop {flag}")
+    wl = load_workload(workload)
+    folder = out if out is not None else Path(f"batchlab-study-{name.value}")
+    with Store(folder) as store, progress_bar(f"study {name.value}", quiet=quiet(as_json)) as update:
+        labels: list[str] = []
+
+        def started(label: str) -> None:
+            labels.append(label)
+            update(len(labels) - 1, 0)
+
+        result = run_study(name, wl, store=store, seed=seed, device=device, progress=started, **options)
+    data = result.to_dict()
+    write_json(folder, "study.json", data)
+    (folder / "report.html").write_text(render_study(data))
+    if as_json:
+        emit_json(data)
+        return
+    render(study_table(data))
+    for line in data["findings"]:
+        Console().print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
+    err_console().print(f"report: [bold]{folder / 'report.html'}[/]", highlight=False)
+
+
+def study_table(data: dict[str, Any]) -> Table:
+    table = Table(title=f"study {data['study']} on {data['workload']}: {data['question']}")
+    keys = ["arm", "batch_size", "lr", "updates", "final_train_loss", "final_eval_loss", "generalization_gap"]
+    if data["study"] == "noise-vs-batch":
+        keys = ["batch_size", "spread", "law_spread", "ratio", "z"]
+    for extra in ("curve_distance", "sharpness", "epsilon_sharpness"):
+        if any(extra in r for r in data["rows"]):
+            keys.append(extra)
+    for key in keys:
+        table.add_column(key.replace("_", " "), justify="left" if key == "arm" else "right")
+    for row in data["rows"]:
+        table.add_row(*[fmt(row.get(k), 3) for k in keys])
+    return table
 
 
 def throughput_table(data: dict[str, Any]) -> Table:

@@ -213,4 +213,111 @@ def time_to_target(advice: dict[str, Any]) -> bytes:
         return _png(fig)
 
 
-__all__ = ["loss_curves", "memory", "noise_history", "steps_to_target", "throughput", "time_to_target"]
+def study_curves(runs: list[dict[str, Any]], *, x: str = "epoch", y: str = "eval_loss") -> bytes:
+    """A study's curves: one panel per group of arms, one line per arm, `y` against `x` (log y)."""
+    groups = list(dict.fromkeys(r["group"] for r in runs))
+    with _figure(len(groups)) as (fig, axes):
+        for ax, group in zip(axes, groups, strict=True):
+            members = [r for r in runs if r["group"] == group]
+            colors = plt.cm.viridis([i / max(len(members) - 1, 1) for i in range(len(members))])
+            for run, color in zip(members, colors, strict=True):
+                points = [p for p in run["curve"] if p.get(y) is not None and p[y] > 0 and p["step"] > 0]
+                ax.plot([p[x] for p in points], [p[y] for p in points], color=color, label=run["label"])
+            ax.set_yscale("log")
+            ax.set_xlabel("epochs" if x == "epoch" else "parameter updates")
+            ax.set_ylabel(y.replace("_", " "))
+            ax.set_title(f"lr {group}" if group in ("fixed", "scaled") else group)
+            ax.legend(fontsize=7)
+        return _png(fig)
+
+
+def study_overlay(runs: list[dict[str, Any]], *, y: str = "eval_loss") -> bytes:
+    """Every arm on shared axes: `y` against epochs and against parameter updates."""
+    with _figure(2) as (fig, (by_epoch, by_step)):
+        colors = plt.cm.tab10(range(len(runs)))
+        for run, color in zip(runs, colors, strict=True):
+            points = [p for p in run["curve"] if p.get(y) is not None and p[y] > 0 and p["step"] > 0]
+            by_epoch.plot(
+                [p["epoch"] for p in points], [p[y] for p in points], color=color, label=run["label"]
+            )
+            by_step.plot([p["step"] for p in points], [p[y] for p in points], color=color)
+        for ax, xlabel in ((by_epoch, "epochs"), (by_step, "parameter updates")):
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(y.replace("_", " "))
+        by_step.set_xscale("log")
+        by_epoch.legend(fontsize=7)
+        return _png(fig)
+
+
+def study_schedules(runs: list[dict[str, Any]]) -> bytes:
+    """Batch size and learning rate against epochs, one line per arm."""
+    with _figure(2) as (fig, (batch_ax, lr_ax)):
+        colors = plt.cm.tab10(range(len(runs)))
+        for run, color in zip(runs, colors, strict=True):
+            points = [p for p in run["curve"] if p["step"] > 0]
+            epochs = [p["epoch"] for p in points]
+            batch_ax.step(
+                epochs, [p["batch_size"] for p in points], where="post", color=color, label=run["label"]
+            )
+            lr_ax.step(epochs, [p["lr"] for p in points], where="post", color=color)
+        for ax, ylabel in ((batch_ax, "batch size"), (lr_ax, "learning rate")):
+            ax.set_yscale("log")
+            ax.set_xlabel("epochs")
+            ax.set_ylabel(ylabel)
+        batch_ax.legend(fontsize=7)
+        return _png(fig)
+
+
+def study_bars(rows: list[dict[str, Any]], keys: list[str]) -> bytes:
+    """One panel per quantity (e.g. the generalization gap, sharpness), one bar per arm."""
+    with _figure(len(keys)) as (fig, axes):
+        labels = [r["arm"] for r in rows]
+        for ax, key in zip(axes, keys, strict=True):
+            values = [float(r[key]) if r.get(key) is not None else 0.0 for r in rows]
+            ax.barh(range(len(rows)), values, color="tab:blue")
+            ax.set_yticks(range(len(rows)), labels, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(key.replace("_", " "))
+        return _png(fig)
+
+
+def noise_vs_batch(rows: list[dict[str, Any]], grad_norm: float, b_simple: float) -> bytes:
+    """|g_B - G| against B (log-log) with standard errors, the law, and |G| (they cross near B_simple)."""
+    with _figure() as (fig, (ax,)):
+        sizes = [r["batch_size"] for r in rows]
+        low = [r["spread"] - (max(r["mean_sq_error"] - r["mean_sq_stderr"], 0)) ** 0.5 for r in rows]
+        high = [(r["mean_sq_error"] + r["mean_sq_stderr"]) ** 0.5 - r["spread"] for r in rows]
+        ax.errorbar(
+            sizes, [r["spread"] for r in rows], yerr=[low, high], fmt="o", color="black", label="measured"
+        )
+        ax.plot(
+            sizes,
+            [r["law_spread"] for r in rows],
+            color="tab:blue",
+            label="law: sqrt(tr(Sigma)/B (N-B)/(N-1))",
+        )
+        ax.axhline(grad_norm, color="tab:green", linestyle="--", label="|G|")
+        ax.axvline(b_simple, color="tab:green", linestyle=":", label=f"B_simple = {b_simple:.3g}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("|g_B - G|")
+        ax.set_title("spread of the batch gradient")
+        ax.legend(fontsize=7)
+        return _png(fig)
+
+
+__all__ = [
+    "loss_curves",
+    "memory",
+    "noise_history",
+    "noise_vs_batch",
+    "steps_to_target",
+    "study_bars",
+    "study_curves",
+    "study_overlay",
+    "study_schedules",
+    "throughput",
+    "time_to_target",
+]

@@ -248,3 +248,47 @@ def write_report(out: Path) -> Path:
     path = Path(out) / "report.html"
     path.write_text(page)
     return path
+
+
+def render_study(study: dict[str, Any]) -> str:
+    """A study's page: the question, the findings, the plots, the table of arms, the settings."""
+    name = study["study"]
+    rows, runs = study["rows"], study["runs"]
+    parts = [
+        f"<h1>batchlab study {esc(name)}: {esc(study['workload'])}</h1>",
+        f"<p><b>{esc(study['question'])}</b></p>",
+        "<h2>What it found</h2><ul>"
+        + "".join(f"<li>{esc(line)}</li>" for line in study["findings"])
+        + "</ul>",
+    ]
+    figures: list[tuple[bytes, str]] = []
+    if name == "lr-scaling":
+        figures.append((plots.study_curves(runs), "eval loss against epochs, lr fixed and scaled"))
+    elif name == "increase-batch":
+        figures.append((plots.study_overlay(runs), "eval loss against epochs and against updates"))
+        figures.append((plots.study_schedules(runs), "batch size and learning rate against epochs"))
+    elif name == "generalization":
+        figures.append((plots.study_overlay(runs), "eval loss against epochs and against updates"))
+        keys = [
+            k for k in ("generalization_gap", "sharpness", "epsilon_sharpness") if any(k in r for r in rows)
+        ]
+        figures.append((plots.study_bars(rows, keys), "gap and sharpness of each arm"))
+    elif name == "noise-vs-batch":
+        extra = study["extra"]
+        figures.append(
+            (plots.noise_vs_batch(rows, extra["grad_norm"], extra["b_simple"]), "spread against B")
+        )
+    parts += ["<h2>Evidence</h2>"] + [figure(png, alt) for png, alt in figures]
+    headers = list(dict.fromkeys(k for r in rows for k in r if k != "group"))
+    parts.append(table(headers, [[r.get(h) for h in headers] for r in rows]))
+    parts.append(
+        "<h2>Settings</h2><table>"
+        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in study["settings"].items())
+        + f"</table><p class='note'>Ran in {num(study['seconds'], 3)} s.</p>"
+    )
+    body = "\n".join(parts)
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>batchlab study {esc(name)}: {esc(study['workload'])}</title>"
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
+    )

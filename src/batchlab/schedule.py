@@ -101,7 +101,8 @@ class BatchSchedule:
             if mode is ScheduleMode.DECAY_LR:
                 phases.append(Phase(start_epoch=m, batch_size=batch_size, lr_factor=last.lr_factor / factor))
                 continue
-            size = round(wanted) if cap is None else min(round(wanted), cap)
+            size = math.floor(wanted + 1e-9)  # never above the rule's batch: the rate never rises
+            size = size if cap is None else min(size, cap)
             # lr / B must equal lr_0 / wanted: whatever the batch could not grow, the rate gives up.
             phases.append(Phase(start_epoch=m, batch_size=size, lr_factor=size / wanted))
         return cls(tuple(phases))
@@ -135,7 +136,7 @@ class BatchSchedule:
         for epoch in range(whole):
             total += dataset_size // self.batch_size_at(epoch)
         total += (epochs - whole) * (dataset_size // self.batch_size_at(whole))
-        return max(1, math.ceil(total))
+        return max(1, math.ceil(total - 1e-9))  # 26.4 epochs x 5 is 132, not 132.00000000000003
 
     def batch_sampler(self, dataset_size: int, *, seed: int = 0) -> ScheduledBatchSampler:
         """A batch sampler for `DataLoader(dataset, batch_sampler=...)`; call `set_epoch` each epoch."""
