@@ -68,6 +68,11 @@ def test_human_table() -> None:
         (["--lr", "0"], ["lr must be a finite number > 0 (got 0.0)", "--lr"]),
         (["--lr", "-0.1"], ["lr must be a finite number > 0 (got -0.1)"]),
         (["--device", "tpu:0"], ["device must be"]),
+        (["--ghost-batch-size", "[/x]"], ["ghost_batch_size must be a whole number (got '[/x]')"]),
+        (["--ghost-batch-size", "16"], ["ghost_batch_size must be used with a model that has BatchNorm"]),
+        (["--milestones", "5,5"], ["milestones must be strictly increasing epochs"]),
+        (["--milestones", "5", "--factor", "1"], ["factor must be a number > 1 (got 1.0)"]),
+        (["--max-batch-size", "64"], ["max_batch_size must be used with --milestones"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

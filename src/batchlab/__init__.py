@@ -8,6 +8,7 @@ from .memory import MemoryProfile, MemoryTrial, probe_memory
 from .noise import NoiseEstimate, measure_noise
 from .schedule import BatchSchedule, Phase, ScheduledBatchSampler
 from .store import Store
+from .study import StudyResult, run_study
 from .sweep import SweepResult, TradeoffFit, fit_tradeoff, run_sweep
 from .throughput import ThroughputPoint, ThroughputProfile, profile_throughput
 from .train import CurvePoint, TrainResult, train
@@ -28,6 +29,7 @@ __all__ = [
     "ScheduledBatchSampler",
     "Sharpness",
     "Store",
+    "StudyResult",
     "SweepResult",
     "Target",
     "ThroughputPoint",
@@ -43,6 +45,7 @@ __all__ = [
     "measure_noise",
     "probe_memory",
     "profile_throughput",
+    "run_study",
     "run_sweep",
     "scale_lr",
     "sharpness",

@@ -57,9 +57,16 @@ class DeviceData:
             yield batch
 
     def epochs(
-        self, batch_size_of: Callable[[int], int], generator: torch.Generator
+        self,
+        batch_size_of: Callable[[int], int],
+        generator: torch.Generator,
+        *,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[int, Batch]]:
-        """Endless (epoch, batch) pairs, the batch size of each epoch from `batch_size_of(epoch)`."""
+        """Endless (epoch, batch) pairs, the batch size of each epoch from `batch_size_of(epoch)`.
+        With `shard=(rank, world)`, every rank draws the same global batch and keeps its contiguous
+        1/world part, so the ranks' mean gradients average to the global batch's."""
+        rank, world = shard
         epoch = 0
         while True:
             # One permutation per epoch on both paths, so a generic Dataset sees the same order.
@@ -67,14 +74,14 @@ class DeviceData:
             batch_size = batch_size_of(epoch)
             starts = range(0, self.size - batch_size + 1, batch_size)
             if self.tensors is None:
-                batches = [order[s : s + batch_size].tolist() for s in starts]
+                batches = [order[s : s + batch_size].chunk(world)[rank].tolist() for s in starts]
                 for x, y in DataLoader(self.dataset, batch_sampler=batches):
                     yield epoch, (to_device(x, self.device), to_device(y, self.device))
             else:
                 order = order.to(self.device)
                 x_all, y_all = self.tensors
                 for start in starts:
-                    idx = order[start : start + batch_size]
+                    idx = order[start : start + batch_size].chunk(world)[rank]
                     yield epoch, (x_all[idx], y_all[idx])
             epoch += 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _dist
 from .store import Store, run_key
 from .train import TrainResult, train
 from .workload import Workload
@@ -14,16 +15,18 @@ def recorded_train(
 ) -> tuple[TrainResult, bool]:
     """Train with `settings`, writing every curve point to `store`; reuse a finished identical run.
 
+    Under torchrun, rank 0 alone holds the store (the others pass None): it decides whether a run
+    is reused and tells the others, so that every rank trains the same runs.
     Returns the result and whether it was reused from the store.
     """
-    if store is None:
-        return train(workload, progress=progress, **settings), False
     config = {"workload": workload.name, **settings}
     config.pop("device", None)  # a run's identity is its settings, not where it ran
     key = run_key(kind, config)
-    done = store.finished(key)
+    done = _dist.broadcast(store.finished(key) if store is not None else None)
     if done is not None:
         return TrainResult.from_dict(done), True
+    if store is None:
+        return train(workload, progress=progress, **settings), False
     run_id = store.begin_run(key, kind=kind, workload=workload.name, config=config)
     result = train(
         workload, progress=progress, on_point=lambda p: store.add_point(run_id, p.to_dict()), **settings

@@ -6,7 +6,9 @@ is measured is what is trained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -64,15 +66,18 @@ def backward(
     micro_batches: int,
     measure_noise: bool = False,
     amp: Amp | None = None,
+    no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> StepOutput:
     """Accumulate the batch's mean-loss gradient over `micro_batches` equal parts.
 
     Each micro-batch's loss is divided by the number of parts, so the accumulated gradient equals the
     gradient of the mean loss over the whole batch. With `measure_noise`, each part's own gradient
     (k times the increment it added) gives a |G_small|^2 sample, and the total gives |G_big|^2.
+    `no_sync` (DDP's) keeps every part but the last from all-reducing its gradients.
     """
+    quiet = no_sync if no_sync is not None else contextlib.nullcontext
     if amp is not None:
-        return _backward_amp(model, loss_fn, batch, micro_batches, amp)
+        return _backward_amp(model, loss_fn, batch, micro_batches, amp, quiet)
     if micro_batches == 1 and not measure_noise:  # the common case: nothing to split or divide
         x, y = batch
         loss = loss_fn(model(x), y)
@@ -83,9 +88,10 @@ def backward(
     total = torch.zeros((), device=params[0].device)
     small_sq = torch.zeros((), device=total.device)
     previous: list[torch.Tensor] | None = None
-    for x, y in parts:
-        loss = loss_fn(model(x), y) / micro_batches
-        loss.backward()
+    for i, (x, y) in enumerate(parts):
+        with quiet() if i < micro_batches - 1 else contextlib.nullcontext():
+            loss = loss_fn(model(x), y) / micro_batches
+            loss.backward()
         total += loss.detach()
         if measure_noise:
             current = _grad_list(params)
@@ -98,14 +104,20 @@ def backward(
 
 
 def _backward_amp(
-    model: nn.Module, loss_fn: LossFn, batch: Batch, micro_batches: int, amp: Amp
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    micro_batches: int,
+    amp: Amp,
+    quiet: Callable[[], AbstractContextManager[Any]],
 ) -> StepOutput:
     """The same accumulation, with the forward pass under autocast and the loss scaled for fp16."""
     total = None
-    for x, y in split(batch, micro_batches):
-        with amp.autocast():
-            loss = loss_fn(model(x), y) / micro_batches
-        amp.backward(loss)
+    for i, (x, y) in enumerate(split(batch, micro_batches)):
+        with quiet() if i < micro_batches - 1 else contextlib.nullcontext():
+            with amp.autocast():
+                loss = loss_fn(model(x), y) / micro_batches
+            amp.backward(loss)
         total = loss.detach().float() if total is None else total + loss.detach().float()
     assert total is not None
     return StepOutput(total, None, None)

@@ -18,12 +18,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from . import _dist
 from ._errors import BatchlabError, bad
 from ._json import json_safe
 from ._precision import Precision
 from .lr import LrRule
 from .schedule import BatchSchedule, ScheduleMode
+from .store import Store
 from .study import StudyName
 
 app = typer.Typer(
@@ -50,18 +53,53 @@ def err_console() -> Console:
     return Console(stderr=True)
 
 
+def fail(message: str) -> typer.Exit:
+    """One red line on stderr; the message is printed as it is (brackets in it are not markup)."""
+    err_console().print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 def guarded(func: F) -> F:
-    """Turn batchlab's own errors into one red line and exit code 2."""
+    """Turn batchlab's own errors into one red line and exit code 2; under torchrun, a rank that
+    lost its peers says so in one line too."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except BatchlabError as error:
-            err_console().print(f"[bold red]error:[/] {error}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise fail(str(error)) from None
+        except (RuntimeError, RankStopped) as error:
+            if not _dist.active():
+                raise
+            raise fail(
+                f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
+                "finished runs are in the store: run the same command again to resume"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class RankStopped(Exception):
+    """torchrun asked this rank to stop, because another rank failed."""
+
+
+def single_process(command: str) -> None:
+    """Commands that do not run data-parallel yet refuse torchrun in one line."""
+    if _dist.env_world_size() > 1:
+        raise bad(
+            "torchrun",
+            f"WORLD_SIZE={_dist.env_world_size()}",
+            f"a single process for `batchlab {command}` (train and sweep run data-parallel)",
+            f"run `batchlab {command}` without torchrun",
+        )
+
+
+def open_store(out: Path | None) -> Store | None:
+    """The results store, opened by rank 0 alone (the only rank that writes)."""
+    from .store import Store
+
+    return Store(out) if out is not None and _dist.is_main() else None
 
 
 def parse_int(text: str | None, field: str, *, flag: str) -> int | None:
@@ -104,14 +142,15 @@ def emit_json(data: dict[str, Any]) -> None:
 
 
 def write_json(out: Path | None, name: str, data: dict[str, Any]) -> None:
-    if out is not None:
+    if out is not None and _dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(json.dumps(json_safe(data), indent=2) + "\n")
 
 
 def quiet(as_json: bool) -> bool:
-    """Progress stays off with --json when stderr is not a terminal (a pipe, CI, a test)."""
-    return as_json and not sys.stderr.isatty()
+    """Progress stays off with --json when stderr is not a terminal (a pipe, CI, a test), and on
+    every rank but 0."""
+    return (as_json and not sys.stderr.isatty()) or not _dist.is_main()
 
 
 @contextmanager
@@ -194,6 +233,9 @@ def train_command(
     max_steps: str = typer.Option(None, "--max-steps", metavar="INT", help="step budget"),
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget"),
     until_target: bool = typer.Option(False, "--until-target", help="stop when the target is reached"),
+    eval_every: str = typer.Option(
+        None, "--eval-every", metavar="INT", help="evaluate every N steps (default: automatic)"
+    ),
     track_noise: bool = typer.Option(False, "--track-noise", help="estimate the gradient noise scale"),
     precision: Precision = typer.Option(
         Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
@@ -220,7 +262,6 @@ def train_command(
 ) -> None:
     """Train the workload once and show its curve and time to target."""
     from ._record import recorded_train
-    from .store import Store
     from .workload import load_workload
 
     wl = load_workload(workload)
@@ -246,6 +287,7 @@ def train_command(
         max_steps=parse_int(max_steps, "max_steps", flag="--max-steps"),
         max_epochs=max_epochs,
         until_target=until_target,
+        eval_every=parse_int(eval_every, "eval_every", flag="--eval-every"),
         track_noise=track_noise,
         precision=precision,
         checkpoint=checkpoint,
@@ -254,7 +296,7 @@ def train_command(
         seed=seed,
         device=device,
     )
-    store = Store(out) if out is not None else None
+    store = open_store(out)
     try:
         with progress_bar(f"training {wl.name}", quiet=quiet(as_json)) as update:
             result, _ = recorded_train(store, wl, kind="train", progress=update, **settings)
@@ -326,6 +368,7 @@ def memory_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Find the largest batch whose whole training step fits, exactly, in child processes."""
+    single_process("memory")
     from ._units import format_bytes, parse_bytes
     from .memory import MemoryTrial, probe_memory
     from .workload import load_workload
@@ -399,7 +442,7 @@ def strategies_table(data: dict[str, Any]) -> Table:
 
 def save(out: Path | None, kind: str, workload: str, data: dict[str, Any]) -> None:
     """Keep a whole result in DIR/results.db and DIR/<kind>.json."""
-    if out is None:
+    if out is None or not _dist.is_main():
         return
     from .store import Store
 
@@ -475,6 +518,7 @@ def noise_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the gradient noise scale B_simple while training, and precisely at the end."""
+    single_process("noise")
     from .noise import measure_noise
     from .workload import load_workload
 
@@ -535,12 +579,11 @@ def sweep_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train to the target at several batch sizes; fit steps = S_min (1 + B_crit / B)."""
-    from .store import Store
     from .sweep import run_sweep
     from .workload import load_workload
 
     wl = load_workload(workload)
-    store = Store(out) if out is not None else None
+    store = open_store(out)
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -572,7 +615,7 @@ def sweep_command(
             store.close()
     data = result.to_dict()
     save(out, "sweep", wl.name, data)
-    if out is not None:
+    if out is not None and _dist.is_main():
         from . import plots
 
         (out / "sweep_loss.png").write_bytes(
@@ -649,6 +692,7 @@ def advise_command(
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
+    single_process("advise")
     from ._units import parse_bytes
     from .advise import advise
     from .report import write_report
@@ -702,6 +746,7 @@ def report_command(
     out: Path = typer.Argument(..., help="a folder written by advise, sweep, memory, ..."),
 ) -> None:
     """Write DIR/report.html from the results in DIR/results.db."""
+    single_process("report")
     from .report import write_report
 
     if not (out / "results.db").is_file():
@@ -738,6 +783,7 @@ def study_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Test a piece of large-batch folklore on your workload: a report and the numbers behind it."""
+    single_process("study")
     import inspect
 
     from .report import render_study
@@ -801,20 +847,32 @@ def study_table(data: dict[str, Any]) -> Table:
 
 
 def throughput_table(data: dict[str, Any]) -> Table:
-    table = Table(title=f"{data['workload']} on {data['device']}: whole training steps")
-    for column in ("batch", "step ms", "min..max ms", "samples/s"):
+    world = data.get("world_size", 1)
+    where = f"{world} ranks" if world > 1 else data["device"]
+    table = Table(title=f"{data['workload']} on {where}: whole training steps")
+    columns = ["batch", "step ms", "min..max ms", "samples/s"]
+    if world > 1:
+        columns += ["per device", "one rank samples/s", "scaling efficiency"]
+    for column in columns:
         table.add_column(column, justify="right")
     for p in data["points"]:
         if not p["fits"]:
-            table.add_row(str(p["batch_size"]), "out of memory", "", "")
+            table.add_row(str(p["batch_size"]), "out of memory", *[""] * (len(columns) - 2))
             continue
         marker = " <- knee" if p["batch_size"] == data["knee_batch_size"] else ""
-        table.add_row(
+        cells = [
             f"{p['batch_size']}{marker}",
             f"{p['step_seconds'] * 1e3:.3f}",
             f"{p['step_seconds_min'] * 1e3:.3f}..{p['step_seconds_max'] * 1e3:.3f}",
             f"{p['samples_per_second']:,.0f}",
-        )
+        ]
+        if world > 1:
+            cells += [
+                str(p["batch_size"] // world),
+                fmt(p["single_rank_samples_per_second"], 4),
+                fmt(p["scaling_efficiency"], 3),
+            ]
+        table.add_row(*cells)
     table.caption = (
         f"knee: batch {data['knee_batch_size']} (doubling past it raises samples/s by "
         f"less than {data['knee_gain']:.0%})"
@@ -841,4 +899,18 @@ def noise_table(data: dict[str, Any]) -> Table:
 
 
 def main() -> None:
+    """The entry point. Under torchrun, join the process group first; ranks other than 0 print
+    nothing on stdout, and a SIGTERM from torchrun (another rank failed) ends this one in one line."""
+    if _dist.env_world_size() > 1:
+        import os
+        import signal
+
+        _dist.init_from_env()
+        if not _dist.is_main():
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (kept for the life of the process)
+
+        def stopped(signum: int, frame: Any) -> None:
+            raise RankStopped("stopped by torchrun")
+
+        signal.signal(signal.SIGTERM, stopped)
     app()

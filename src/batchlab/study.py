@@ -76,29 +76,37 @@ class _Arm:
     warmup_steps: int = 0
 
 
-def _run_arm(
-    arm: _Arm,
+def _run_arms(
+    arms: list[_Arm],
     workload: Workload,
     *,
     store: Store | None,
     seed: int,
     device: str | torch.device,
+    progress: StudyProgress | None,
     sharpness: bool = False,
-) -> TrainResult:
-    result, _ = recorded_train(
-        store,
-        workload,
-        kind="study",
-        batch_size=arm.batch_size,
-        lr=arm.lr,
-        max_epochs=arm.epochs,
-        warmup_steps=arm.warmup_steps,
-        ghost_batch_size=arm.ghost_batch_size,
-        sharpness=sharpness,
-        seed=seed,
-        device=device,
-    )
-    return result
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train each arm (reusing finished ones from the store): its table row and its curve."""
+    rows, runs = [], []
+    for arm in arms:
+        if progress:
+            progress(arm.label)
+        result, _ = recorded_train(
+            store,
+            workload,
+            kind="study",
+            batch_size=arm.batch_size,
+            lr=arm.lr,
+            max_epochs=arm.epochs,
+            warmup_steps=arm.warmup_steps,
+            ghost_batch_size=arm.ghost_batch_size,
+            sharpness=sharpness,
+            seed=seed,
+            device=device,
+        )
+        rows.append(_row(arm, result))
+        runs.append(_curve(arm, result, workload.train_size))
+    return rows, runs
 
 
 def _row(arm: _Arm, result: TrainResult) -> dict[str, Any]:
@@ -203,13 +211,7 @@ def lr_scaling(
                     warmup_steps=warmup,
                 )
             )
-    rows, runs = [], []
-    for arm in arms:
-        if progress:
-            progress(arm.label)
-        result = _run_arm(arm, workload, store=store, seed=seed, device=device)
-        rows.append(_row(arm, result))
-        runs.append(_curve(arm, result, workload.train_size))
+    rows, runs = _run_arms(arms, workload, store=store, seed=seed, device=device, progress=progress)
     findings = []
     for group in ("fixed", "scaled"):
         finals = [(r["batch_size"], r["final_eval_loss"], r["diverged"]) for r in rows if r["group"] == group]
@@ -312,13 +314,7 @@ def increase_batch(
             label="increase the batch", batch_size=grow, lr=workload.lr, epochs=epochs, group="increase-batch"
         ),
     ]
-    rows, runs = [], []
-    for arm in arms:
-        if progress:
-            progress(arm.label)
-        result = _run_arm(arm, workload, store=store, seed=seed, device=device)
-        rows.append(_row(arm, result))
-        runs.append(_curve(arm, result, workload.train_size))
+    rows, runs = _run_arms(arms, workload, store=store, seed=seed, device=device, progress=progress)
     by = {r["group"]: r for r in rows}
     metric = workload.target.metric
     findings = []
@@ -426,13 +422,9 @@ def generalization(
                 ghost_batch_size=ghost,
             )
         )
-    rows, runs = [], []
-    for arm in arms:
-        if progress:
-            progress(arm.label)
-        result = _run_arm(arm, workload, store=store, seed=seed, device=device, sharpness=True)
-        rows.append(_row(arm, result))
-        runs.append(_curve(arm, result, workload.train_size))
+    rows, runs = _run_arms(
+        arms, workload, store=store, seed=seed, device=device, progress=progress, sharpness=True
+    )
     by = {r["group"]: r for r in rows}
     s, big = by["small"], by["large"]
     findings = [

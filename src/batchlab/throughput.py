@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
+from . import _dist
 from ._data import DeviceData
 from ._device import clock, resolve_device
 from ._errors import bad
@@ -39,6 +40,10 @@ class ThroughputPoint:
     samples_per_second: float | None
     steps_per_repeat: int
     fits: bool = True
+    # Under torchrun: samples/s of one rank alone at the per-device batch, and how much of W times
+    # that the W ranks together reach (1.0 = perfect data-parallel scaling).
+    single_rank_samples_per_second: float | None = None
+    scaling_efficiency: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +58,7 @@ class ThroughputProfile:
     knee_gain: float
     warmup_steps: int
     repeats: int
+    world_size: int = 1  # batch sizes are global: per-device batch x world size
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -135,15 +141,33 @@ def _time_batch(
     precision: Precision = Precision.FP32,
     checkpoint: bool = False,
     accumulation: int = 1,
+    data_parallel: bool = False,
 ) -> ThroughputPoint:
+    """Time whole steps at `batch_size`. With `data_parallel` (under torchrun), the batch is global:
+    each rank steps on its shard through DDP, and rank 0's timings are everyone's."""
+    world = _dist.world_size() if data_parallel else 1
     model = fresh_model(workload, 0, device, checkpoint=checkpoint)
+    net: torch.nn.Module = model
+    no_sync = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        net, no_sync = ddp, ddp.no_sync
     optimizer = workload.optimizer(model.parameters(), workload.lr)
-    batches = data.shuffled(batch_size, torch.Generator().manual_seed(0))
+    batches = (
+        b
+        for _, b in data.epochs(
+            lambda _: batch_size,
+            torch.Generator().manual_seed(0),
+            shard=(_dist.rank() if world > 1 else 0, world),
+        )
+    )
     amp = None if precision is Precision.FP32 else Amp(precision, device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        backward(model, workload.loss, next(batches), micro_batches=accumulation, amp=amp)
+        backward(net, workload.loss, next(batches), micro_batches=accumulation, amp=amp, no_sync=no_sync)
         optimizer_step(optimizer, amp)
 
     start = clock(device)
@@ -151,12 +175,16 @@ def _time_batch(
         step()
     warm = (clock(device) - start) / max(warmup_steps, 1)
     per_block = steps or max(2, min(200, math.ceil(MIN_BLOCK_SECONDS / max(warm, 1e-6))))
+    if world > 1:
+        per_block = _dist.broadcast(per_block)  # every rank must run the same number of steps
     blocks = []
     for _ in range(repeats):
         start = clock(device)
         for _ in range(per_block):
             step()
         blocks.append((clock(device) - start) / per_block)
+    if world > 1:
+        blocks = _dist.broadcast(blocks)
     median = statistics.median(blocks)
     return ThroughputPoint(
         batch_size=batch_size,
@@ -195,6 +223,8 @@ def profile_throughput(
     batches would cost the most time and tell nothing new.
     """
     workload = load_workload(workload)
+    _dist.init_from_env()
+    world = _dist.world_size()
     dev = resolve_device(device)
     cap = (
         workload.train_size
@@ -202,31 +232,48 @@ def profile_throughput(
         else check_batch_size(max_batch_size, workload.train_size, field="max_batch_size")
     )
     sizes = default_batch_sizes(cap) if batch_sizes is None else sorted(set(batch_sizes))
+    unit = world * accumulation
+    if world > 1 and batch_sizes is None:
+        sizes = [b for b in sizes if b % unit == 0]
     for b in sizes:
         check_batch_size(b, workload.train_size, field="batch_sizes")
+        if b % unit:
+            raise bad(
+                "batch_sizes",
+                b,
+                f"a multiple of world size {world} x accumulation {accumulation} = {unit} "
+                "(batch sizes are global)",
+                f"pass --batch-sizes {unit},{2 * unit},{4 * unit}",
+            )
     if repeats < 1 or warmup_steps < 0:
         raise bad("repeats", repeats, "an integer >= 1 (and warmup_steps >= 0)")
     amp = as_precision(precision, dev)
     data = DeviceData(workload.train_data, dev)
     points: list[ThroughputPoint] = []
     for i, b in enumerate(sizes):
+        timing = dict(
+            warmup_steps=warmup_steps,
+            steps=steps,
+            repeats=repeats,
+            precision=amp,
+            checkpoint=checkpoint,
+            accumulation=accumulation,
+        )
         try:
-            points.append(
-                _time_batch(
-                    workload,
-                    data,
-                    dev,
-                    b,
-                    warmup_steps=warmup_steps,
-                    steps=steps,
-                    repeats=repeats,
-                    precision=amp,
-                    checkpoint=checkpoint,
-                    accumulation=accumulation,
+            point = _time_batch(workload, data, dev, b, data_parallel=True, **timing)  # type: ignore[arg-type]
+            if world > 1:
+                # The one-rank baseline at the per-device batch, timed on every rank at once (each on
+                # its own device), reported from rank 0.
+                alone = _time_batch(workload, data, dev, b // world, **timing)  # type: ignore[arg-type]
+                single = _dist.broadcast(alone.samples_per_second)
+                point = replace(
+                    point,
+                    single_rank_samples_per_second=single,
+                    scaling_efficiency=(point.samples_per_second or 0) / (world * single) if single else None,
                 )
-            )
+            points.append(point)
         except Exception as error:  # only an out-of-memory error ends the curve; others propagate
-            if not is_out_of_memory(error):
+            if world > 1 or not is_out_of_memory(error):  # one rank's OOM cannot end the others' curve
                 raise
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -254,4 +301,5 @@ def profile_throughput(
         knee_gain=knee_gain,
         warmup_steps=warmup_steps,
         repeats=repeats,
+        world_size=world,
     )

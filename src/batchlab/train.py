@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _dist
 from . import _noise_estimator as noise_est
 from ._data import Batch, DeviceData, batch_len
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
 from ._precision import Amp, Precision, apply_checkpointing, as_precision, optimizer_step
-from ._step import backward
+from ._step import StepOutput, _grad_list, _sq_norm, backward
 from .generalization import epsilon_sharpness, use_ghost_batch_norm
 from .generalization import sharpness as top_hessian_eigenvalue
 from .lr import LrRule, as_rule, scale_lr, warmup_factor
@@ -94,6 +95,7 @@ class TrainResult:
     precision: str = "fp32"
     checkpoint: bool = False
     ghost_batch_size: int | None = None
+    world_size: int = 1  # data-parallel ranks: batch_size = per-device batch x world_size
     batch_schedule: dict[str, Any] | None = None  # phases, when the batch size changed during the run
     sharpness: dict[str, Any] | None = None  # of the final model, when asked for
     model: nn.Module | None = field(default=None, repr=False, compare=False)
@@ -232,6 +234,8 @@ def train(
     A NaN or infinite loss stops the run and marks it `diverged`: a result, not an error.
     """
     workload = load_workload(workload)
+    _dist.init_from_env()
+    world = _dist.world_size()
     if isinstance(batch_size, BatchSchedule):
         schedule = batch_size
         for phase in schedule.phases:
@@ -244,6 +248,14 @@ def train(
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise bad("accumulation", accumulation, "an integer >= 1", "pass --accumulation 1")
     for size in sorted({p.batch_size for p in schedule.phases}):
+        if world > 1 and size % (world * accumulation):
+            raise bad(
+                "batch_size",
+                size,
+                f"a multiple of world size {world} x accumulation {accumulation} = {world * accumulation} "
+                "(it is the global batch)",
+                f"pass --batch-size {max(1, size // (world * accumulation)) * world * accumulation}",
+            )
         if size % accumulation:
             raise bad(
                 "accumulation",
@@ -255,9 +267,10 @@ def train(
         raise bad("warmup_steps", warmup_steps, "an integer >= 0")
     if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
         raise bad("eval_every", eval_every, "an integer >= 1, or None for the automatic schedule")
-    noise_parts = accumulation if accumulation > 1 else 2
+    # Without accumulation or ranks to compare, a noise step splits its batch in two.
+    noise_parts = accumulation if accumulation > 1 or world > 1 else 2
     if noise_every is None:
-        noise_every = 1 if accumulation > 1 else NOISE_EVERY
+        noise_every = 1 if accumulation > 1 or world > 1 else NOISE_EVERY
     for size in sorted({p.batch_size for p in schedule.phases}):
         if track_noise and size % noise_parts:
             raise bad(
@@ -328,6 +341,14 @@ class _Loop:
         self.train_data = DeviceData(workload.train_data, device)
         self.eval_data = None if workload.eval_data is None else DeviceData(workload.eval_data, device)
         self.eval_batch = max(schedule.largest_batch_size, 256)
+        self.rank, self.world = _dist.rank(), _dist.world_size()
+        self.net: nn.Module = self.model  # what a step runs: the model, or DDP around it
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None
+            )
         self.noise = noise_est.init()
         self.step = 0
         self.examples = 0
@@ -348,12 +369,30 @@ class _Loop:
                 group["lr"] = lr
             self.lr_now = lr
         measure = self.track_noise and self.step % self.noise_every == 0
-        parts = self.noise_parts if measure else self.accumulation
         self.optimizer.zero_grad(set_to_none=True)
-        out = backward(
-            self.model, self.workload.loss, batch, micro_batches=parts, measure_noise=measure, amp=self.amp
-        )
-        if measure:
+        if self.world > 1:
+            out = self._ranks_backward(batch, measure)
+        else:
+            parts = self.noise_parts if measure else self.accumulation
+            out = backward(
+                self.model,
+                self.workload.loss,
+                batch,
+                micro_batches=parts,
+                measure_noise=measure,
+                amp=self.amp,
+            )
+        if measure and self.world > 1:
+            assert out.small_sq is not None and out.big_sq is not None
+            self.noise = noise_est.update(
+                self.noise,
+                small_sq=float(out.small_sq),
+                big_sq=float(out.big_sq),
+                b_small=self.batch_size / self.world,
+                b_big=self.batch_size,
+                population=self.workload.train_size,
+            )
+        elif measure:
             assert out.small_sq is not None and out.big_sq is not None
             self.noise = noise_est.update(
                 self.noise,
@@ -367,6 +406,27 @@ class _Loop:
         self.step += 1
         self.examples += self.batch_size
         return out.loss
+
+    def _ranks_backward(self, batch: Batch, measure: bool) -> StepOutput:
+        """One data-parallel step's gradients. To measure the noise scale, the ranks' local gradients
+        (batch B / world) are kept from DDP's all-reduce, their squared norms averaged, then the
+        gradients averaged by hand (batch B): two batch sizes from one backward pass."""
+        assert isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
+        if not measure:
+            return backward(
+                self.net,
+                self.workload.loss,
+                batch,
+                micro_batches=self.accumulation,
+                amp=self.amp,
+                no_sync=self.net.no_sync,
+            )
+        with self.net.no_sync():
+            out = backward(self.net, self.workload.loss, batch, micro_batches=self.accumulation)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        local_sq = _dist.mean(_sq_norm(_grad_list(params)))
+        _dist.average_gradients(params)
+        return StepOutput(out.loss, local_sq, _sq_norm(_grad_list(params)))
 
     def _point(self, train_loss: float | None) -> CurvePoint:
         eval_loss: float | None = None
@@ -401,7 +461,9 @@ class _Loop:
         if on_point:
             on_point(curve[0])
         batches: Iterator[tuple[int, Batch]] = self.train_data.epochs(
-            self.schedule.batch_size_at, torch.Generator().manual_seed(self.seed)
+            self.schedule.batch_size_at,
+            torch.Generator().manual_seed(self.seed),
+            shard=(self.rank, self.world),
         )
         losses: list[torch.Tensor] = []  # summed only at evaluation: no per-step device sync
         due = auto_eval if eval_every is None else (lambda step: step % eval_every == 0)
@@ -415,7 +477,7 @@ class _Loop:
             if not (due(self.step) or self.step == limit):
                 continue
             self.seconds += clock(self.device) - started
-            train_loss = float(torch.stack(losses).mean())
+            train_loss = float(_dist.mean(torch.stack(losses).mean()))  # over the ranks' shards too
             point = self._point(train_loss)
             curve.append(point)
             if on_point:
@@ -477,7 +539,7 @@ class _Loop:
         return TrainResult(
             workload=self.workload.name,
             batch_size=self.schedule.initial_batch_size,
-            micro_batch_size=self.schedule.initial_batch_size // self.accumulation,
+            micro_batch_size=self.schedule.initial_batch_size // (self.accumulation * self.world),
             accumulation=self.accumulation,
             lr=self.lr,
             lr_rule=rule.value,
@@ -501,6 +563,7 @@ class _Loop:
             precision=self.precision.value,
             checkpoint=self.checkpoint,
             ghost_batch_size=self.ghost_batch_size,
+            world_size=self.world,
             batch_schedule=self.schedule.to_dict() if len(self.schedule.phases) > 1 else None,
             sharpness=measured,
             model=self.model if keep_model else None,

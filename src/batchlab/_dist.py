@@ -1,0 +1,88 @@
+"""Data-parallel runs under `torchrun`: the process group, who writes, and the collectives batchlab uses.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; batchlab joins the group
+(NCCL on CUDA, gloo on the CPU) when WORLD_SIZE > 1. Every collective has a timeout, so a rank that
+died ends the others with an error instead of a hang; torchrun also stops the survivors when one
+rank exits with an error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT_SECONDS = 60  # a collective waiting longer than this on a dead rank raises
+
+
+def env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def init_from_env() -> None:
+    """Join the process group torchrun describes; a no-op in a single process."""
+    if env_world_size() <= 1 or dist.is_initialized():
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=TIMEOUT_SECONDS)
+    )
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 alone writes the store, the JSON and the report."""
+    return rank() == 0
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the ranks (the tensor itself in one process)."""
+    if not active():
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce the gradients to their mean over the ranks, in one flat buffer."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's value of a JSON-like object, on every rank."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,162 @@
+"""Data-parallel runs: 2 gloo ranks on 127.0.0.1 under torchrun, each launch bounded in time and on
+its own free port. Compared with one process at the same global batch, to float tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from batchlab import train
+from batchlab.store import Store
+
+LAUNCH_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "batchlab", *args,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _torchrun(*args), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env(), check=False
+    )
+
+
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    """Global batch 64 over 2 ranks x accumulation 2 = micro-batches of 16. The curve equals one
+    process's at batch 64 with accumulation 4 (the same four 16-example parts; float32 sums in a
+    different order: 1e-5 relative). The noise scale from the ranks (local gradients of 32 against
+    the all-reduced 64) equals the one-process estimate from micro-batches of 32 to the same
+    tolerance: the issue asks for 15%, the arithmetic is identical."""
+    done = _run(
+        "train", "--workload", "digits-mlp", "--batch-size", "64", "--accumulation", "2", "--max-steps", "40",
+        "--eval-every", "10", "--track-noise", "--device", "cpu", "--json", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)  # rank 0 alone printed: exactly one JSON object
+    assert (data["batch_size"], data["world_size"], data["accumulation"], data["micro_batch_size"]) == (
+        64,
+        2,
+        2,
+        16,
+    )
+    one = train("digits-mlp", batch_size=64, accumulation=4, max_steps=40, eval_every=10, device="cpu")
+    for ours, theirs in zip(data["curve"], one.curve, strict=True):
+        assert ours["step"] == theirs.step and ours["examples"] == theirs.examples
+        assert ours["eval_loss"] == pytest.approx(theirs.eval_loss, rel=1e-5)
+        if theirs.train_loss is not None:
+            assert ours["train_loss"] == pytest.approx(theirs.train_loss, rel=1e-5)
+    split = train("digits-mlp", batch_size=64, accumulation=2, max_steps=40, track_noise=True, device="cpu")
+    assert split.noise is not None
+    assert data["noise"]["b_simple"] == pytest.approx(split.noise["b_simple"], rel=0.15)
+    assert data["noise"]["b_simple"] == pytest.approx(split.noise["b_simple"], rel=1e-4)
+    assert json.loads((tmp_path / "train.json").read_text())["world_size"] == 2
+
+
+def test_a_global_batch_that_does_not_split_is_refused() -> None:
+    done = _run(
+        "train", "--workload", "digits-mlp", "--batch-size", "30", "--accumulation", "2", "--max-steps", "1"
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert lines and all("world size 2 x accumulation 2 = 4" in line for line in lines), done.stderr[-2000:]
+    assert "Traceback" not in "".join(line for line in done.stderr.splitlines() if "batchlab" in line)
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank (a child of its agent, which is `parent`)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process through /proc")
+def test_a_killed_rank_ends_the_other_and_the_sweep_resumes(tmp_path: Path) -> None:
+    """SIGKILL rank 1 mid-sweep: rank 0 exits within 60 s with a one-line error; the store has the
+    finished runs and no half-written result; the same command again reuses them and finishes."""
+    args = (
+        "sweep", "--workload", "digits-mlp", "--batch-sizes", "16,64,256", "--no-sharpness",
+        "--device", "cpu", "--out", str(tmp_path), "--json",
+    )  # fmt: skip
+    process = subprocess.Popen(
+        _torchrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while time.monotonic() < deadline:
+        if (tmp_path / "results.db").exists():
+            with Store(tmp_path) as store:
+                if store.count_runs("done") >= 1 and store.count_runs("running") == 1:
+                    break
+        time.sleep(0.05)
+    victim = _rank_pid(process.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, stderr = process.communicate(timeout=90)
+    assert time.monotonic() - killed_at < 60
+    assert process.returncode != 0
+    errors = [line for line in stderr.splitlines() if line.startswith("error: rank 0")]
+    assert len(errors) == 1 and "run the same command again to resume" in errors[0], stderr[-3000:]
+    with Store(tmp_path) as store:
+        done_before = store.count_runs("done")
+        assert 1 <= done_before < 3
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    data = json.loads(again.stdout)
+    assert sum(r["reused"] for r in data["runs"]) == done_before
+    assert all(r["reached_target"] for r in data["runs"])
+    with Store(tmp_path) as store:
+        assert store.count_runs("done") == 3 and store.count_runs("running") == 0
+
+
+def test_throughput_across_two_ranks_reports_scaling_efficiency() -> None:
+    """Global batches over 2 ranks: samples/s of the pair, of one rank alone at the per-device batch,
+    and their ratio over 2. The arithmetic is checked, not the speed (the machine is shared)."""
+    done = _run(
+        "throughput", "--workload", "digits-mlp", "--batch-sizes", "64,256", "--device", "cpu", "--json"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert data["world_size"] == 2 and [p["batch_size"] for p in data["points"]] == [64, 256]
+    for p in data["points"]:
+        assert p["samples_per_second"] == pytest.approx(p["batch_size"] / p["step_seconds"])
+        assert p["scaling_efficiency"] == pytest.approx(
+            p["samples_per_second"] / (2 * p["single_rank_samples_per_second"])
+        )
+        assert 0 < p["scaling_efficiency"] < 2
+
+
+def test_commands_not_yet_data_parallel_say_so() -> None:
+    done = _run("memory", "--workload", "digits-mlp", "--device", "cpu")
+    assert done.returncode != 0
+    assert any(line.startswith("error: torchrun") for line in done.stderr.splitlines()), done.stderr[-2000:]
