@@ -81,7 +81,9 @@ class DeviceData:
                 order = order.to(self.device)
                 x_all, y_all = self.tensors
                 for start in starts:
-                    idx = order[start : start + batch_size].chunk(world)[rank]
+                    idx = order[start : start + batch_size]
+                    if world > 1:  # (a chunk costs microseconds: only when there are ranks)
+                        idx = idx.chunk(world)[rank]
                     yield epoch, (x_all[idx], y_all[idx])
             epoch += 1
 

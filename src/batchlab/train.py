@@ -358,16 +358,18 @@ class _Loop:
         self.target_point: CurvePoint | None = None
 
     def _enter(self, phase: Phase) -> None:
-        self.phase, self.batch_size = phase, phase.batch_size
+        self.phase, self.batch_size, self.lr_stale = phase, phase.batch_size, True
         later = [p.start_epoch for p in self.schedule.phases if p.start_epoch > phase.start_epoch]
         self.next_phase_epoch = min(later, default=math.inf)
 
     def _train_step(self, batch: Batch) -> torch.Tensor:
-        lr = self.lr * self.phase.lr_factor * warmup_factor(self.step, self.warmup_steps)
-        if lr != self.lr_now:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.lr_now = lr
+        if self.lr_stale or self.step <= self.warmup_steps:  # else the rate is what it was
+            lr = self.lr * self.phase.lr_factor * warmup_factor(self.step, self.warmup_steps)
+            if lr != self.lr_now:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.lr_now = lr
+            self.lr_stale = False
         measure = self.track_noise and self.step % self.noise_every == 0
         self.optimizer.zero_grad(set_to_none=True)
         if self.world > 1:
