@@ -11,6 +11,7 @@ the oracle, at most a fifth of its cost; measured speedup within 25% of predicte
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -19,6 +20,7 @@ from _common import RESULTS, write
 
 import batchlab
 from batchlab.advise import advise
+from batchlab.throughput import ThroughputProfile
 
 ORACLE_SIZES = {
     "digits-mlp": [2**k for k in range(11)],
@@ -31,13 +33,22 @@ REPEATS = 3
 
 
 def seconds_to_target(
-    workload: batchlab.Workload, batch_size: int, lr: float, oracle_steps: int, oracle_examples: int
+    workload: batchlab.Workload,
+    batch_size: int,
+    lr: float,
+    oracle_steps: int,
+    oracle_examples: int,
+    step_cap: int | None = None,
 ) -> float | None:
     """Median over seeds of training seconds to the target; None when the median run did not get
     there within 3x the oracle best run's steps or 3x its examples, whichever allows more (a bigger
-    batch spends more examples and fewer steps by design; past both, it is slower than the oracle)."""
+    batch spends more examples and fewer steps by design; past both, it is slower than the oracle),
+    or within `step_cap` steps (the steps that 3x the oracle's time buys at this batch's step time:
+    charlm's largest batch takes ~9 s a step here)."""
     times = []
     max_steps = max(3 * oracle_steps, 3 * oracle_examples // batch_size)
+    if step_cap is not None:
+        max_steps = max(1, min(max_steps, step_cap))
     for seed in range(REPEATS):
         run = batchlab.train(
             workload, batch_size=batch_size, lr=lr, until_target=True, seed=seed, max_steps=max_steps
@@ -90,8 +101,14 @@ def main() -> None:
             "largest that fits, linear rule": (cap, workload.lr * cap / workload.batch_size),
         }
         oracle_steps, oracle_examples = best["steps_to_target"], best["steps_to_target"] * best["batch_size"]
+        profile = ThroughputProfile.from_dict(advice.throughput) if advice.throughput else None
+
+        def step_cap(b: int) -> int | None:
+            seconds = profile.step_seconds(b) if profile is not None else None
+            return None if not seconds else math.ceil(3 * best["seconds_to_target"] / seconds)
+
         timed = {
-            label: seconds_to_target(workload, b, lr, oracle_steps, oracle_examples)
+            label: seconds_to_target(workload, b, lr, oracle_steps, oracle_examples, step_cap(b))
             for label, (b, lr) in points.items()
         }
         ratio = None if timed["advice"] is None or not timed["oracle"] else timed["advice"] / timed["oracle"]

@@ -156,7 +156,19 @@ def test_throughput_across_two_ranks_reports_scaling_efficiency() -> None:
         assert 0 < p["scaling_efficiency"] < 2
 
 
+def test_the_memory_probe_decides_for_all_ranks_together() -> None:
+    """Rank 1's (fake) device runs out above 300, rank 0's above 500: both ranks answer 300, and a
+    batch that fit on rank 0 alone is recorded as failing because of the other rank."""
+    workload = f"{Path(__file__).parent / 'data' / 'memory_workloads.py'}:rank_oom"
+    done = _run("memory", "--workload", workload, "--device", "cpu", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert data["max_batch_size"] == 300 and data["world_size"] == 2
+    assert any(t["error"] == "another_rank" and 300 < t["batch_size"] <= 500 for t in data["trials"])
+    assert all(not t["fits"] for t in data["trials"] if t["batch_size"] > 300)
+
+
 def test_commands_not_yet_data_parallel_say_so() -> None:
-    done = _run("memory", "--workload", "digits-mlp", "--device", "cpu")
+    done = _run("advise", "--workload", "digits-mlp", "--device", "cpu")
     assert done.returncode != 0
     assert any(line.startswith("error: torchrun") for line in done.stderr.splitlines()), done.stderr[-2000:]

@@ -46,6 +46,9 @@ def test_increase_batch_takes_fewer_updates_by_the_schedule() -> None:
     finals = [r["final_eval_loss"] for r in result.rows]
     assert all(v is not None and math.isfinite(v) for v in finals)
     assert any("fewer updates" in line for line in result.findings)
+    # Epochs are passes over the data, counted per phase: every arm's curve ends at epoch 8 exactly.
+    assert [run["curve"][-1]["epoch"] for run in result.runs] == pytest.approx([8, 8, 8])
+    assert [p["epoch"] for p in result.runs[2]["curve"] if p["step"] == 2 * (n // 32)] == [2.0]
 
 
 def test_increase_batch_with_a_cap_decays_the_rate_instead() -> None:

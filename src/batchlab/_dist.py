@@ -67,6 +67,31 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def minimum(value: float) -> float:
+    """The smallest of the ranks' values (the value itself in one process)."""
+    return _reduce(value, dist.ReduceOp.MIN)
+
+
+def maximum(value: float) -> float:
+    return _reduce(value, dist.ReduceOp.MAX)
+
+
+def _reduce(value: float, op: Any) -> float:
+    if not active():
+        return value
+    box = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(box, op=op)
+    return float(box.item())
+
+
+def _collective_device() -> torch.device:
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """All-reduce the gradients to their mean over the ranks, in one flat buffer."""
     grads = [p.grad for p in params if p.grad is not None]

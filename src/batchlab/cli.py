@@ -368,7 +368,8 @@ def memory_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Find the largest batch whose whole training step fits, exactly, in child processes."""
-    single_process("memory")
+    if strategies:
+        single_process("memory --strategies")
     from ._units import format_bytes, parse_bytes
     from .memory import MemoryTrial, probe_memory
     from .workload import load_workload
@@ -466,6 +467,9 @@ def memory_table(data: dict[str, Any]) -> Table:
     caption = [f"largest batch that fits: [bold]{answer if answer is not None else 'none'}[/]"]
     if data["capped_by_dataset"]:
         caption.append("(the whole training set: memory is not the limit)")
+    world = data.get("world_size", 1)
+    if world > 1 and answer is not None:
+        caption.append(f"per device, on every one of {world} ranks: a global batch of {answer * world}")
     if data["per_sample_bytes"] is not None:
         caption.append(
             f"\nmemory model: {format_bytes(data['fixed_bytes'])} + "

@@ -29,11 +29,12 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
+from . import _dist
 from ._device import resolve_device
 from ._errors import WorkloadError, bad
 from ._json import json_safe
@@ -97,6 +98,7 @@ class MemoryProfile:
     include_eval: bool
     trials: tuple[MemoryTrial, ...]
     seconds: float
+    world_size: int = 1  # under torchrun: max_batch_size is per device; the global batch is W times it
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -457,8 +459,15 @@ def probe_memory(
     `limit_bytes` defaults to the memory available on the CPU, the device's memory on CUDA.
     The answer is at most `max_batch_size` and the training set's size; with `granularity` G it
     is a multiple of G. Every trial runs in its own child process.
+
+    Under torchrun every rank probes its own device at the per-device batch, and after each trial
+    the ranks agree: a batch fits only if it fits on every rank, and its peak is the largest any
+    rank saw. So all ranks walk the same search and return the same answer, and a rank whose trial
+    fails never leaves the others waiting. DDP's gradient buckets (one more copy of the gradients)
+    are added to the reserve.
     """
     workload = load_workload(workload)
+    _dist.init_from_env()
     dev = resolve_device(device)
     limit = default_limit_bytes(dev) if limit_bytes is None else limit_bytes
     _check_positive_int(limit, "limit_bytes", "pass --memory-limit 2GiB")
@@ -481,6 +490,11 @@ def probe_memory(
             "loadable by name, so that each trial's child process can rebuild it",
             "pass a built-in name, 'package.module:function' or 'file.py:function'",
         )
+    if _dist.active():
+        params = workload.model().parameters()
+        reserve_bytes += sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+        if reserve_bytes >= limit:
+            raise bad("memory_limit", limit, "more than the model's gradients that DDP's buckets copy")
     budget = limit - reserve_bytes
     began = time.perf_counter()
 
@@ -504,7 +518,7 @@ def probe_memory(
             amp_precision.value,
             checkpoint,
         )
-        outcome = server.run(plan, confirmation=confirmation)
+        outcome = _agree(server.run(plan, confirmation=confirmation))
         if progress:
             progress(outcome)
         return outcome
@@ -530,6 +544,24 @@ def probe_memory(
         include_eval=include_eval,
         trials=tuple(trials),
         seconds=time.perf_counter() - began,
+        world_size=_dist.world_size(),
+    )
+
+
+def _agree(outcome: MemoryTrial) -> MemoryTrial:
+    """Under torchrun: the trial as all ranks together saw it (fits only where it fit on every rank;
+    the largest peak), so that every rank's search takes the same next step."""
+    if not _dist.active():
+        return outcome
+    fits = bool(_dist.minimum(1.0 if outcome.fits else 0.0))
+    peak = _dist.maximum(float(outcome.peak_bytes if outcome.peak_bytes is not None else -1))
+    if fits == outcome.fits and peak == (outcome.peak_bytes or -1):
+        return outcome
+    return replace(
+        outcome,
+        fits=fits,
+        peak_bytes=None if peak < 0 else int(peak),
+        error=outcome.error if not outcome.fits or fits else "another_rank",
     )
 
 

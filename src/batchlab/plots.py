@@ -237,10 +237,11 @@ def study_overlay(runs: list[dict[str, Any]], *, y: str = "eval_loss") -> bytes:
         colors = plt.cm.tab10(range(len(runs)))
         for run, color in zip(runs, colors, strict=True):
             points = [p for p in run["curve"] if p.get(y) is not None and p[y] > 0 and p["step"] > 0]
+            style = "--" if "longer" in run["group"] else "-"  # a longer run retraces its shorter twin first
             by_epoch.plot(
-                [p["epoch"] for p in points], [p[y] for p in points], color=color, label=run["label"]
+                [p["epoch"] for p in points], [p[y] for p in points], style, color=color, label=run["label"]
             )
-            by_step.plot([p["step"] for p in points], [p[y] for p in points], color=color)
+            by_step.plot([p["step"] for p in points], [p[y] for p in points], style, color=color)
         for ax, xlabel in ((by_epoch, "epochs"), (by_step, "parameter updates")):
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)

@@ -136,13 +136,29 @@ def _row(arm: _Arm, result: TrainResult) -> dict[str, Any]:
     return row
 
 
+def _epochs_done(schedule: BatchSchedule, steps: int, train_size: int) -> float:
+    """Passes over the data after `steps` updates (an epoch is N // B updates of its batch B)."""
+    epoch = 0
+    while True:
+        per_epoch = train_size // schedule.batch_size_at(epoch)
+        if steps < per_epoch:
+            return epoch + steps / per_epoch
+        steps -= per_epoch
+        epoch += 1
+
+
 def _curve(arm: _Arm, result: TrainResult, train_size: int) -> dict[str, Any]:
+    schedule = (
+        arm.batch_size
+        if isinstance(arm.batch_size, BatchSchedule)
+        else BatchSchedule.constant(arm.batch_size)
+    )
     return {
         "label": arm.label,
         "group": arm.group,
         "curve": [
             {
-                "epoch": p.examples / train_size,
+                "epoch": _epochs_done(schedule, p.step, train_size),
                 "step": p.step,
                 "batch_size": p.batch_size,
                 "lr": p.lr,

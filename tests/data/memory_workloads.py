@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +47,20 @@ class FakeOOM(nn.Module):
         return self.linear(x)
 
 
+class RankOOM(nn.Module):
+    """Under torchrun: rank 1's device runs out above OOM_ABOVE, rank 0's only above 500."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 2)
+        self.above = OOM_ABOVE if os.environ.get("RANK") == "1" else 500
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return self.linear(x)
+
+
 class Broken(nn.Module):
     """Fails for batches above 50 with an error that has nothing to do with memory."""
 
@@ -74,6 +90,10 @@ class Wide(nn.Module):
 
 def fake_oom() -> Workload:
     return _workload("fake-oom", FakeOOM)
+
+
+def rank_oom() -> Workload:
+    return _workload("rank-oom", RankOOM)
 
 
 def broken() -> Workload:
