@@ -168,6 +168,21 @@ def test_the_memory_probe_decides_for_all_ranks_together() -> None:
     assert all(not t["fits"] for t in data["trials"] if t["batch_size"] > 300)
 
 
+def test_noise_under_two_ranks_agrees_with_one_process() -> None:
+    """linreg, global batch 64 = 2 ranks x 2 micro-batches: the ranks train the same parameters as
+    one process with 2 micro-batches, so the final pass (micro-batches of 32 over the whole set)
+    reads the same B_simple; the issue allows 15%, the float difference is far below 1%."""
+    from batchlab import measure_noise
+
+    args = ("noise", "--workload", "linreg", "--batch-size", "64", "--micro-batches", "2", "--steps", "150")
+    done = _run(*args, "--device", "cpu", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = json.loads(done.stdout)
+    one, _ = measure_noise("linreg", batch_size=64, micro_batches=2, steps=150, device="cpu")
+    assert ranks["b_simple"] == pytest.approx(one.b_simple, rel=0.01)
+    assert ranks["history"][-1]["b_simple"] == pytest.approx(one.history[-1].b_simple, rel=0.15)
+
+
 def test_commands_not_yet_data_parallel_say_so() -> None:
     done = _run("advise", "--workload", "digits-mlp", "--device", "cpu")
     assert done.returncode != 0

@@ -522,7 +522,6 @@ def noise_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the gradient noise scale B_simple while training, and precisely at the end."""
-    single_process("noise")
     from .noise import measure_noise
     from .workload import load_workload
 

@@ -82,6 +82,9 @@ def measure_noise(
 
     `steps` defaults to two epochs' worth, at least 200. Returns the estimate, and the trained
     model when `keep_model` (to compare with an exact computation at the same parameters).
+
+    Under torchrun the batch is global and split over ranks x `micro_batches`; the history then
+    takes its small batch from the ranks (B / world), and every rank makes the final pass.
     """
     workload = load_workload(workload)
     size = workload.batch_size if batch_size is None else batch_size
