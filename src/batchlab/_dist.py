@@ -67,6 +67,16 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def lost_peer(error: BaseException) -> bool:
+    """True for a collective that failed because another rank went away (or timed out on it)."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        m in text for m in ("Connection closed by peer", "Connection reset by peer", "timed out", "NCCL")
+    )
+
+
 def minimum(value: float) -> float:
     """The smallest of the ranks' values (the value itself in one process)."""
     return _reduce(value, dist.ReduceOp.MIN)

@@ -70,7 +70,7 @@ def guarded(func: F) -> F:
         except BatchlabError as error:
             raise fail(str(error)) from None
         except (RuntimeError, RankStopped) as error:
-            if not _dist.active():
+            if not _dist.active() or not (isinstance(error, RankStopped) or _dist.lost_peer(error)):
                 raise
             raise fail(
                 f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
