@@ -103,7 +103,7 @@ def main() -> None:
         oracle_steps, oracle_examples = best["steps_to_target"], best["steps_to_target"] * best["batch_size"]
         profile = ThroughputProfile.from_dict(advice.throughput) if advice.throughput else None
 
-        def step_cap(b: int) -> int | None:
+        def step_cap(b: int, profile=profile, best=best) -> int | None:  # type: ignore[no-untyped-def]
             seconds = profile.step_seconds(b) if profile is not None else None
             return None if not seconds else math.ceil(3 * best["seconds_to_target"] / seconds)
 

@@ -183,7 +183,21 @@ def test_noise_under_two_ranks_agrees_with_one_process() -> None:
     assert ranks["history"][-1]["b_simple"] == pytest.approx(one.history[-1].b_simple, rel=0.15)
 
 
+def test_advise_under_two_ranks_advises_a_global_batch(tmp_path: Path) -> None:
+    """The main job on 2 ranks: every batch it considers splits over the ranks, the memory cap is the
+    per-device answer times 2, rank 0 writes the report, and the chosen batch reached the target."""
+    done = _run("advise", "--workload", "digits-mlp", "--device", "cpu", "--out", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert data["world_size"] == 2 and data["batch_size"] % 2 == 0
+    assert all(p["batch_size"] % 2 == 0 for p in data["predictions"])
+    per_device = data["memory"]["max_batch_size"]
+    assert data["max_batch_size"] == min(2 * per_device, 1438) // 2 * 2
+    assert all(m["steps_to_target"] is not None for m in data["lr_checks"] if m["lr"] == data["lr"])
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "advice.json").is_file()
+
+
 def test_commands_not_yet_data_parallel_say_so() -> None:
-    done = _run("advise", "--workload", "digits-mlp", "--device", "cpu")
+    done = _run("study", "noise-vs-batch", "--workload", "digits-mlp", "--device", "cpu")
     assert done.returncode != 0
     assert any(line.startswith("error: torchrun") for line in done.stderr.splitlines()), done.stderr[-2000:]

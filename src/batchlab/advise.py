@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from . import _dist
+from ._errors import bad
 from ._json import json_safe
 from .lr import LrRule, scale_lr
 from .memory import MemoryProfile, probe_memory
@@ -98,6 +100,7 @@ class Advice:
     noise: dict[str, Any] | None = field(default=None, repr=False)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    world_size: int = 1  # under torchrun: batch sizes (and max_batch_size) are global
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -120,8 +123,9 @@ def lr_for(workload: Workload, batch_size: int, b_noise: float | None) -> tuple[
     ), rule
 
 
-def candidate_sizes(cap: int, reference: int) -> list[int]:
-    """Powers of two and three times powers of two up to the cap, the cap, and the reference."""
+def candidate_sizes(cap: int, reference: int, world: int = 1) -> list[int]:
+    """Powers of two and three times powers of two up to the cap, the cap, and the reference;
+    under torchrun, only global batches that split evenly over the ranks."""
     sizes = {reference, cap}
     k = 1
     while k <= cap:
@@ -129,14 +133,14 @@ def candidate_sizes(cap: int, reference: int) -> list[int]:
         if 3 * k // 2 <= cap and k >= 2:
             sizes.add(3 * k // 2)
         k *= 2
-    return sorted(s for s in sizes if s <= cap)
+    return sorted(s for s in sizes if s <= cap and s % world == 0)
 
 
 def predict(
     workload: Workload, *, s_min: float, b_noise: float, throughput: ThroughputProfile, cap: int
 ) -> list[Prediction]:
     predictions = []
-    for b in candidate_sizes(cap, workload.batch_size):
+    for b in candidate_sizes(cap, workload.batch_size, _dist.world_size()):
         step = throughput.step_seconds(b)
         if step is None:
             continue
@@ -167,7 +171,10 @@ class _Budget:
         self._phase, self._since = phase, now
 
     def left(self) -> float:
-        return math.inf if self.seconds is None else self.seconds - (time.perf_counter() - self.start)
+        """Rank 0's reading under torchrun, so that every rank stops at the same point."""
+        if self.seconds is None:
+            return math.inf
+        return float(_dist.broadcast(self.seconds - (time.perf_counter() - self.start)))
 
 
 def advise(
@@ -182,6 +189,15 @@ def advise(
     """Measure memory, throughput and noise; recommend the batch size and learning rate that
     minimise predicted time to target under the memory cap."""
     workload = load_workload(workload)
+    _dist.init_from_env()
+    world = _dist.world_size()
+    if workload.batch_size % world:
+        raise bad(
+            "torchrun",
+            f"{world} ranks",
+            f"a number of ranks that divides {workload.name}'s reference batch {workload.batch_size}",
+            "run the advice on a divisor of it, or in one process",
+        )
     budget = _Budget(budget_seconds)
 
     def say(text: str) -> None:  # each message opens a phase named by its first word
@@ -195,6 +211,8 @@ def advise(
     memory: MemoryProfile | None = probe_memory(workload, device=device, limit_bytes=memory_limit)
     assert memory is not None
     cap = memory.max_batch_size or workload.batch_size
+    if world > 1 and memory.max_batch_size is not None:  # the probe's answer is per device
+        cap = min(memory.max_batch_size * world, workload.train_size) // world * world
     if memory.max_batch_size is None:
         limitations.append(
             "not even the smallest batch fitted in memory; the reference batch is used as the cap"
@@ -316,7 +334,9 @@ def advise(
         predicted_seconds_to_target=predicted_seconds,
         predicted_speedup=speedup,
         model_steps_to_target=best.steps_to_target if best else None,
-        max_batch_size=memory.max_batch_size,
+        max_batch_size=None
+        if memory.max_batch_size is None
+        else (cap if world > 1 else memory.max_batch_size),
         b_noise=b_noise,
         b_noise_stderr=b_noise_stderr,
         knee_batch_size=throughput.knee_batch_size,
@@ -334,6 +354,7 @@ def advise(
         noise=noise,
         phase_seconds=budget.phases,
         seconds=time.perf_counter() - budget.start,
+        world_size=world,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,6 +73,7 @@ def guarded(func: F) -> F:
         except (RuntimeError, RankStopped) as error:
             if not _dist.active() or not (isinstance(error, RankStopped) or _dist.lost_peer(error)):
                 raise
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut the line short
             raise fail(
                 f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
                 "finished runs are in the store: run the same command again to resume"
@@ -695,7 +697,6 @@ def advise_command(
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
-    single_process("advise")
     from ._units import parse_bytes
     from .advise import advise
     from .report import write_report
@@ -703,7 +704,7 @@ def advise_command(
 
     wl = load_workload(workload)
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
-    console = err_console()
+    console = Console(stderr=True, quiet=not _dist.is_main())  # the spinner on rank 0 alone
     with console.status("", spinner="dots") as status:
         result = advise(
             wl,
@@ -715,9 +716,9 @@ def advise_command(
         )
     data = result.to_dict()
     save(out, "advice", wl.name, data)
-    report = write_report(out)
     show_result(data, advice_table, as_json=as_json)
-    console.print(f"report: [bold]{report}[/]", highlight=False)
+    if _dist.is_main():
+        console.print(f"report: [bold]{write_report(out)}[/]", highlight=False)
 
 
 def advice_table(data: dict[str, Any]) -> Table:
@@ -906,13 +907,13 @@ def main() -> None:
     nothing on stdout, and a SIGTERM from torchrun (another rank failed) ends this one in one line."""
     if _dist.env_world_size() > 1:
         import os
-        import signal
 
         _dist.init_from_env()
         if not _dist.is_main():
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (kept for the life of the process)
 
         def stopped(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one would land mid-message
             raise RankStopped("stopped by torchrun")
 
         signal.signal(signal.SIGTERM, stopped)
