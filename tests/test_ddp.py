@@ -197,7 +197,23 @@ def test_advise_under_two_ranks_advises_a_global_batch(tmp_path: Path) -> None:
     assert (tmp_path / "report.html").is_file() and (tmp_path / "advice.json").is_file()
 
 
+def test_a_study_under_two_ranks_matches_one_process(tmp_path: Path) -> None:
+    """increase-batch over 2 ranks: every arm takes the same updates and ends at the same eval loss
+    as in one process (the same global batches; float tolerance); rank 0 writes the report."""
+    from batchlab import run_study
+
+    args = ("study", "increase-batch", "--workload", "digits-mlp", "--epochs", "4", "--milestones", "1,2,3")
+    done = _run(*args, "--device", "cpu", "--out", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = json.loads(done.stdout)
+    one = run_study("increase-batch", "digits-mlp", device="cpu", epochs=4, milestones=[1, 2, 3])
+    for ours, theirs in zip(ranks["rows"], one.rows, strict=True):
+        assert ours["updates"] == theirs["updates"]
+        assert ours["final_eval_loss"] == pytest.approx(theirs["final_eval_loss"], rel=1e-4)
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "study.json").is_file()
+
+
 def test_commands_not_yet_data_parallel_say_so() -> None:
-    done = _run("study", "noise-vs-batch", "--workload", "digits-mlp", "--device", "cpu")
+    done = _run("memory", "--workload", "digits-mlp", "--strategies", "--device", "cpu")
     assert done.returncode != 0
     assert any(line.startswith("error: torchrun") for line in done.stderr.splitlines()), done.stderr[-2000:]

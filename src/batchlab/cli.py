@@ -787,11 +787,9 @@ def study_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Test a piece of large-batch folklore on your workload: a report and the numbers behind it."""
-    single_process("study")
     import inspect
 
     from .report import render_study
-    from .store import Store
     from .study import STUDIES, run_study
     from .workload import load_workload
 
@@ -815,17 +813,23 @@ def study_command(
             raise bad(flag, options[key], f"an option of another study, not {name.value}", f"drop {flag}")
     wl = load_workload(workload)
     folder = out if out is not None else Path(f"batchlab-study-{name.value}")
-    with Store(folder) as store, progress_bar(f"study {name.value}", quiet=quiet(as_json)) as update:
-        labels: list[str] = []
+    store = open_store(folder)
+    try:
+        with progress_bar(f"study {name.value}", quiet=quiet(as_json)) as update:
+            labels: list[str] = []
 
-        def started(label: str) -> None:
-            labels.append(label)
-            update(len(labels) - 1, 0)
+            def started(label: str) -> None:
+                labels.append(label)
+                update(len(labels) - 1, 0)
 
-        result = run_study(name, wl, store=store, seed=seed, device=device, progress=started, **options)
+            result = run_study(name, wl, store=store, seed=seed, device=device, progress=started, **options)
+    finally:
+        if store is not None:
+            store.close()
     data = result.to_dict()
     write_json(folder, "study.json", data)
-    (folder / "report.html").write_text(render_study(data))
+    if _dist.is_main():
+        (folder / "report.html").write_text(render_study(data))
     if as_json:
         emit_json(data)
         return
