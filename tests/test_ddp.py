@@ -213,7 +213,22 @@ def test_a_study_under_two_ranks_matches_one_process(tmp_path: Path) -> None:
     assert (tmp_path / "report.html").is_file() and (tmp_path / "study.json").is_file()
 
 
-def test_commands_not_yet_data_parallel_say_so() -> None:
-    done = _run("memory", "--workload", "digits-mlp", "--strategies", "--device", "cpu")
+def test_strategies_under_two_ranks() -> None:
+    """memory --strategies over 2 ranks: per-device answers, data-parallel speeds, and accumulation's
+    global batch = micro-batch x 4 x 2 ranks (capped by the training set)."""
+    done = _run("memory", "--workload", "digits-mlp", "--strategies", "--device", "cpu", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert data["world_size"] == 2
+    rows = {r["strategy"]: r for r in data["strategies"]}
+    assert {"fp32", "bf16"} <= set(rows)
+    for row in data["strategies"]:
+        assert {"strategy", "max_batch_size", "per_sample_bytes", "samples_per_second"} <= set(row)
+    fp32 = rows["fp32"]["max_batch_size"]
+    assert rows["fp32 + accumulation x4"]["max_batch_size"] == min(fp32 * 4 * 2, 1438)
+
+
+def test_report_refuses_torchrun(tmp_path: Path) -> None:
+    done = _run("report", str(tmp_path))
     assert done.returncode != 0
     assert any(line.startswith("error: torchrun") for line in done.stderr.splitlines()), done.stderr[-2000:]

@@ -37,6 +37,14 @@ def init_from_env() -> None:
     )
 
 
+def finish() -> None:
+    """Leave the group in step with the others: a rank that exited with the group alive could
+    abort in gloo's teardown ("terminate called without an active exception")."""
+    if active():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

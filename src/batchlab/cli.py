@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -50,13 +51,16 @@ LimitOpt = Annotated[
 ]
 
 
-def err_console() -> Console:
-    return Console(stderr=True)
+def err_console(*, error: bool = False) -> Console:
+    """stderr: under torchrun, ranks other than 0 print errors only."""
+    return Console(stderr=True, quiet=not error and not _dist.is_main())
 
 
 def fail(message: str) -> typer.Exit:
     """One red line on stderr; the message is printed as it is (brackets in it are not markup)."""
-    err_console().print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    err_console(error=True).print(
+        Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+    )
     return typer.Exit(2)
 
 
@@ -370,8 +374,6 @@ def memory_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Find the largest batch whose whole training step fits, exactly, in child processes."""
-    if strategies:
-        single_process("memory --strategies")
     from ._units import format_bytes, parse_bytes
     from .memory import MemoryTrial, probe_memory
     from .workload import load_workload
@@ -704,7 +706,7 @@ def advise_command(
 
     wl = load_workload(workload)
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
-    console = Console(stderr=True, quiet=not _dist.is_main())  # the spinner on rank 0 alone
+    console = err_console()  # the spinner on rank 0 alone
     with console.status("", spinner="dots") as status:
         result = advise(
             wl,
@@ -910,8 +912,6 @@ def main() -> None:
     """The entry point. Under torchrun, join the process group first; ranks other than 0 print
     nothing on stdout, and a SIGTERM from torchrun (another rank failed) ends this one in one line."""
     if _dist.env_world_size() > 1:
-        import os
-
         _dist.init_from_env()
         if not _dist.is_main():
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (kept for the life of the process)
@@ -921,4 +921,16 @@ def main() -> None:
             raise RankStopped("stopped by torchrun")
 
         signal.signal(signal.SIGTERM, stopped)
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if not _dist.active():
+            raise
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        if code == 0:  # after an error the group may be broken: no barrier then
+            _dist.finish()
+        # Skip the interpreter's teardown: destroying gloo's and DDP's C++ objects at exit can abort
+        # ("terminate called without an active exception") after all the work is done and printed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -477,7 +477,8 @@ def probe_memory(
         )
     _check_positive_int(granularity, "granularity", "pass --granularity 8, say")
     _check_positive_int(min_batch_size, "min_batch_size", "pass --min-batch-size 1")
-    cap = workload.train_size if max_batch_size is None else min(max_batch_size, workload.train_size)
+    per_device_data = workload.train_size // _dist.world_size()  # a global batch is at most the data
+    cap = per_device_data if max_batch_size is None else min(max_batch_size, per_device_data)
     _check_positive_int(cap, "max_batch_size", "pass --max-batch-size 1024, say")
     start = max(min_batch_size, granularity) if granularity > 1 else min_batch_size
     start = math.ceil(start / granularity) * granularity
@@ -539,7 +540,7 @@ def probe_memory(
         reserve_bytes=reserve_bytes,
         fixed_bytes=None if model is None else model[0],
         per_sample_bytes=None if model is None else model[1],
-        capped_by_dataset=best is not None and best == cap and cap == workload.train_size,
+        capped_by_dataset=best is not None and best == cap and cap == per_device_data,
         granularity=granularity,
         include_eval=include_eval,
         trials=tuple(trials),

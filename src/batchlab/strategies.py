@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import _dist
 from ._device import resolve_device
 from ._errors import ConfigError
 from ._json import json_safe
@@ -47,6 +48,7 @@ class StrategyReport:
     limit_bytes: int
     common_batch_size: int | None
     strategies: tuple[StrategyRow, ...]
+    world_size: int = 1  # under torchrun: batch sizes per device; samples/s of all ranks together
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -72,8 +74,12 @@ def compare_strategies(
     progress: Callable[[str], None] | None = None,
     on_trial: Callable[[MemoryTrial], None] | None = None,
 ) -> StrategyReport:
-    """Probe memory and time a step under each strategy that applies to this model and device."""
+    """Probe memory and time a step under each strategy that applies to this model and device.
+    Under torchrun the batch sizes are per device (the probe's answer on every rank) and the speeds
+    are data-parallel samples/s at that per-device batch on all ranks."""
     workload = load_workload(workload)
+    _dist.init_from_env()
+    world = _dist.world_size()
     dev = resolve_device(device)
     plan = [("fp32", Precision.FP32, False), ("bf16", Precision.BF16, False)]
     if dev.type == "cuda":
@@ -100,11 +106,11 @@ def compare_strategies(
     for name, precision, checkpoint in plan:
         profile = profiles[name]
         speed = None
-        if common is not None:
+        if common is not None and common * world <= workload.train_size:
             say(f"speed under {name} at batch {common}")
             timed = profile_throughput(
                 workload,
-                batch_sizes=[common],
+                batch_sizes=[common * world],
                 precision=precision,
                 checkpoint=checkpoint,
                 device=dev,
@@ -124,7 +130,9 @@ def compare_strategies(
                 note="the whole training set fits" if profile.capped_by_dataset else "",
             )
         )
-    rows.append(_accumulation_row(workload, profiles["fp32"].max_batch_size, common, accumulation, dev, say))
+    rows.append(
+        _accumulation_row(workload, profiles["fp32"].max_batch_size, common, accumulation, dev, say, world)
+    )
     if not blocks:
         rows.append(
             StrategyRow(
@@ -140,6 +148,7 @@ def compare_strategies(
         limit_bytes=limit,
         common_batch_size=common,
         strategies=tuple(rows),
+        world_size=world,
     )
 
 
@@ -150,17 +159,19 @@ def _accumulation_row(
     k: int,
     dev: torch.device,
     say: Callable[[str], None],
+    world: int = 1,
 ) -> StrategyRow:
     name = f"fp32 + accumulation x{k}"
     if micro is None or common is None:
         return StrategyRow(strategy=name, accumulation=k, note="no fp32 batch fits")
-    effective = min(micro * k, workload.train_size)
-    note = "" if micro * k <= workload.train_size else "capped by the training set"
+    reach = micro * k * world  # the global batch: micro-batch x steps x ranks
+    effective = min(reach, workload.train_size)
+    note = "" if reach <= workload.train_size else "capped by the training set"
     speed = None
-    if common * k <= workload.train_size:
+    if common * k * world <= workload.train_size:
         say(f"speed under {name} at micro-batch {common}")
         timed = profile_throughput(
-            workload, batch_sizes=[common * k], accumulation=k, device=dev, stop_after_knee=False
+            workload, batch_sizes=[common * k * world], accumulation=k, device=dev, stop_after_knee=False
         )
         speed = timed.points[0].samples_per_second
     return StrategyRow(
