@@ -1,9 +1,9 @@
 """Data-parallel runs under `torchrun`: the process group, who writes, and the collectives batchlab uses.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; batchlab joins the group
-(NCCL on CUDA, gloo on the CPU) when WORLD_SIZE > 1. Every collective has a timeout, so a rank that
-died ends the others with an error instead of a hang; torchrun also stops the survivors when one
-rank exits with an error.
+(NCCL on CUDA, gloo on the CPU) when WORLD_SIZE > 1. When a rank dies, torchrun stops the survivors
+(and gloo raises at once on a closed socket): seconds, as the kill test measures. Every collective
+also has a timeout, a backstop for hangs torchrun cannot see.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-TIMEOUT_SECONDS = 60  # a collective waiting longer than this on a dead rank raises
+# A collective waiting longer than this raises: a backstop for hangs torchrun cannot see. A rank that
+# dies is noticed sooner: its peers' sockets close (gloo raises at once) and torchrun stops the rest.
+# It must outlast the longest honest wait: ranks probing memory wait for each other's trials, and a
+# trial at the edge of a big model takes minutes.
+TIMEOUT_SECONDS = 30 * 60
 
 
 def env_world_size() -> int:
