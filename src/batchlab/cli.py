@@ -91,20 +91,18 @@ class RankStopped(Exception):
 
 
 def single_process(command: str) -> None:
-    """Commands that do not run data-parallel yet refuse torchrun in one line."""
+    """Commands with nothing to run on several devices refuse torchrun in one line."""
     if _dist.env_world_size() > 1:
         raise bad(
             "torchrun",
             f"WORLD_SIZE={_dist.env_world_size()}",
-            f"a single process for `batchlab {command}` (train and sweep run data-parallel)",
+            f"a single process for `batchlab {command}` (it measures nothing: it draws from a folder)",
             f"run `batchlab {command}` without torchrun",
         )
 
 
 def open_store(out: Path | None) -> Store | None:
     """The results store, opened by rank 0 alone (the only rank that writes)."""
-    from .store import Store
-
     return Store(out) if out is not None and _dist.is_main() else None
 
 
@@ -449,8 +447,6 @@ def save(out: Path | None, kind: str, workload: str, data: dict[str, Any]) -> No
     """Keep a whole result in DIR/results.db and DIR/<kind>.json."""
     if out is None or not _dist.is_main():
         return
-    from .store import Store
-
     with Store(out) as store:
         store.save_result(kind, workload, data)
     write_json(out, f"{kind}.json", data)
