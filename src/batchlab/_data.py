@@ -51,9 +51,11 @@ class DeviceData:
         pair = _tensor_pair(dataset)
         self.tensors = None if pair is None else (pair[0].to(device), pair[1].to(device))
 
-    def shuffled(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    def shuffled(
+        self, batch_size: int, generator: torch.Generator, *, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[Batch]:
         """Endless batches: each epoch a fresh seeded permutation; the last partial batch dropped."""
-        for _, batch in self.epochs(lambda _: batch_size, generator):
+        for _, batch in self.epochs(lambda _: batch_size, generator, shard=shard):
             yield batch
 
     def epochs(

@@ -41,6 +41,13 @@ def init_from_env() -> None:
     )
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """DDP around `model`, on this rank's GPU or on the CPU."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
 def finish() -> None:
     """Leave the group in step with the others: a rank that exited with the group alive could
     abort in gloo's teardown ("terminate called without an active exception")."""

@@ -152,9 +152,9 @@ def write_json(out: Path | None, name: str, data: dict[str, Any]) -> None:
 
 
 def quiet(as_json: bool) -> bool:
-    """Progress stays off with --json when stderr is not a terminal (a pipe, CI, a test), and on
-    every rank but 0."""
-    return (as_json and not sys.stderr.isatty()) or not _dist.is_main()
+    """Progress stays off with --json when stderr is not a terminal (a pipe, CI, a test). (On ranks
+    other than 0, err_console is quiet already.)"""
+    return as_json and not sys.stderr.isatty()
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from ._device import resolve_device
 from ._errors import bad
 from ._json import json_safe
 from ._record import recorded_train
+from .generalization import _mean_gradient
 from .lr import LrRule, scale_lr
 from .noise import exact_noise_scale
 from .schedule import BatchSchedule, ScheduleMode
@@ -501,10 +502,9 @@ def generalization(
 # noise-vs-batch ---------------------------------------------------------------------------------
 
 
-def _flat_grad(model: torch.nn.Module, workload: Workload, x: Any, y: Any) -> torch.Tensor:
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(workload.loss(model(x), y), params)
-    return torch.cat([g.reshape(-1) for g in grads])
+def _flat_grad(model: torch.nn.Module, workload: Workload, batches: list[tuple[Any, Any]]) -> torch.Tensor:
+    """The mean-loss gradient over `batches`, flattened into one vector."""
+    return torch.cat([g.reshape(-1) for g in _mean_gradient(model, workload, batches, create_graph=False)])
 
 
 def noise_vs_batch(
@@ -547,11 +547,8 @@ def noise_vs_batch(
     exact = exact_noise_scale(workload, copy.deepcopy(model))
     model = model.double().eval()
     x_all, y_all = _all_examples(workload, dev)
-    full = torch.zeros(0, dtype=torch.float64, device=dev)
-    for start in range(0, n, 512):
-        part = _flat_grad(model, workload, x_all[start : start + 512], y_all[start : start + 512])
-        weight = len(y_all[start : start + 512]) / n
-        full = part * weight if full.numel() == 0 else full + part * weight
+    chunks = [(x_all[start : start + 512], y_all[start : start + 512]) for start in range(0, n, 512)]
+    full = _flat_grad(model, workload, chunks)
     grad_norm = float(full.norm())
     sizes = [1 << k for k in range(int(math.log2(n // 2)) + 1)]
     generator = torch.Generator().manual_seed(seed)
@@ -564,7 +561,9 @@ def noise_vs_batch(
         # (a few examples carry most of tr(Sigma)), and 64 draws of them typically miss those few.
         for _ in range(max(draws, math.ceil(n / b))):
             idx = torch.randperm(n, generator=generator)[:b].to(dev)
-            errors.append(float((_flat_grad(model, workload, x_all[idx], y_all[idx]) - full).pow(2).sum()))
+            errors.append(
+                float((_flat_grad(model, workload, [(x_all[idx], y_all[idx])]) - full).pow(2).sum())
+            )
         mean = float(np.mean(errors))
         stderr = float(np.std(errors, ddof=1) / math.sqrt(len(errors)))
         law = exact["trace_sigma"] / b * (n - b) / (n - 1)

@@ -150,18 +150,11 @@ def _time_batch(
     net: torch.nn.Module = model
     no_sync = None
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        ddp = _dist.data_parallel(model, device)
         net, no_sync = ddp, ddp.no_sync
     optimizer = workload.optimizer(model.parameters(), workload.lr)
-    batches = (
-        b
-        for _, b in data.epochs(
-            lambda _: batch_size,
-            torch.Generator().manual_seed(0),
-            shard=(_dist.rank() if world > 1 else 0, world),
-        )
+    batches = data.shuffled(
+        batch_size, torch.Generator().manual_seed(0), shard=(_dist.rank() if world > 1 else 0, world)
     )
     amp = None if precision is Precision.FP32 else Amp(precision, device)
 

@@ -342,13 +342,8 @@ class _Loop:
         self.eval_data = None if workload.eval_data is None else DeviceData(workload.eval_data, device)
         self.eval_batch = max(schedule.largest_batch_size, 256)
         self.rank, self.world = _dist.rank(), _dist.world_size()
-        self.net: nn.Module = self.model  # what a step runs: the model, or DDP around it
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None
-            )
+        # What a step runs: the model, or DDP around it.
+        self.net: nn.Module = _dist.data_parallel(self.model, device) if self.world > 1 else self.model
         self.noise = noise_est.init()
         self.step = 0
         self.examples = 0
@@ -374,6 +369,7 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         if self.world > 1:
             out = self._ranks_backward(batch, measure)
+            parts = self.world  # a measured step's small batch is one rank's share
         else:
             parts = self.noise_parts if measure else self.accumulation
             out = backward(
@@ -384,17 +380,7 @@ class _Loop:
                 measure_noise=measure,
                 amp=self.amp,
             )
-        if measure and self.world > 1:
-            assert out.small_sq is not None and out.big_sq is not None
-            self.noise = noise_est.update(
-                self.noise,
-                small_sq=float(out.small_sq),
-                big_sq=float(out.big_sq),
-                b_small=self.batch_size / self.world,
-                b_big=self.batch_size,
-                population=self.workload.train_size,
-            )
-        elif measure:
+        if measure:
             assert out.small_sq is not None and out.big_sq is not None
             self.noise = noise_est.update(
                 self.noise,
