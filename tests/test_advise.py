@@ -166,4 +166,31 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
     lr, checks = _tune_lr(workload, 64, 0.1, 20.0, "cpu", _Budget(None), [], lambda _: None)
     assert lr == 0.1
     assert sorted(set(calls)) == [0.1, 0.2]
-    assert len(checks) == 4  # two rates, two seeds each
+    assert len(checks) == 2  # a seed that misses ends its rate's attempt: the slower seed decides
+
+
+def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rate 0.1 reaches the target in 100 steps on both seeds; the doubled rate must save 10% to be
+    kept, so it is trained for at most 90 steps, and missing there ends the search at 0.1."""
+    import importlib
+
+    from batchlab.advise import _Budget, _tune_lr
+
+    advise_module = importlib.import_module("batchlab.advise")
+    limits: dict[float, list[int]] = {}
+
+    class Run:
+        def __init__(self, lr: float, steps: int | None) -> None:
+            self.lr, self.reached_target, self.steps_to_target = lr, steps is not None, steps
+            self.seconds_to_target, self.diverged = None if steps is None else 0.01 * steps, False
+
+    def fake_train(workload, *, lr, max_steps, **_):  # type: ignore[no-untyped-def]
+        limits.setdefault(lr, []).append(max_steps)
+        return Run(lr, 100 if lr == 0.1 else None)
+
+    monkeypatch.setattr(advise_module, "train", fake_train)
+    workload = load_workload("digits-mlp")
+    lr, checks = _tune_lr(workload, 64, 0.1, 80.0, "cpu", _Budget(None), [], lambda _: None)
+    assert lr == 0.1
+    assert limits == {0.1: [160, 160], 0.2: [90]}
+    assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]

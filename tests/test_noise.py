@@ -3,6 +3,8 @@ values from per-example gradients (linreg's closed form; torch.func on digits-ml
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -38,11 +40,22 @@ def test_ema_divides_smoothed_parts_not_ratios() -> None:
     state = est.init()
     for g in (1.0, 3.0):  # with b=8, B=32: small = g + 10/8, big = g + 10/32
         state = est.update(state, small_sq=g + 1.25, big_sq=g + 0.3125, b_small=8, b_big=32, beta=0.5)
-    reading = est.read(state, beta=0.5)
+    reading = est.read(state)
     assert reading.grad_sq == pytest.approx(7 / 3)
     assert reading.trace_sigma == pytest.approx(10.0)
     assert reading.b_simple == pytest.approx(30 / 7)
     assert state.updates == 2
+
+
+def test_a_decay_of_zero_forgets_the_past() -> None:
+    """An update with beta = 0 (a gap far longer than the window) leaves only its own estimate:
+    |G|^2 = 3, tr = 10, and one effective sample, so no standard error."""
+    state = est.init()
+    for g, beta in ((1.0, 0.9), (3.0, 0.0)):
+        state = est.update(state, small_sq=g + 1.25, big_sq=g + 0.3125, b_small=8, b_big=32, beta=beta)
+    reading = est.read(state)
+    assert (reading.grad_sq, reading.trace_sigma) == pytest.approx((3.0, 10.0))
+    assert reading.b_simple_stderr == math.inf
 
 
 def test_step_measures_micro_and_whole_batch_norms() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchlab import load_workload
-from batchlab._record import recorded_train
+from batchlab._record import recorded_train, run_config
 from batchlab.store import Store, run_key
 
 
@@ -32,11 +32,9 @@ def test_finished_run_is_reused(tmp_path: Path) -> None:
 def test_unfinished_run_is_restarted_whole(tmp_path: Path) -> None:
     """A run left 'running' (its process killed) is discarded with its points, then run again."""
     workload = load_workload("linreg")
-    settings = {"workload": "linreg", "batch_size": 32, "max_steps": 20}
+    settings = run_config(workload, {"batch_size": 32, "max_steps": 20})
     with Store(tmp_path) as store:
-        from batchlab.store import run_key as key_of
-
-        stale = store.begin_run(key_of("t", settings), kind="t", workload="linreg", config=settings)
+        stale = store.begin_run(run_key("t", settings), kind="t", workload="linreg", config=settings)
         store.add_point(stale, {"step": 0, "eval_loss": 9.0})
         result, reused = recorded_train(store, workload, kind="t", batch_size=32, max_steps=20, device="cpu")
         assert not reused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from batchlab import ConfigError, LrRule, load_workload, scale_lr, train
 from batchlab._data import DeviceData
 from batchlab._step import backward
 from batchlab.lr import warmup_factor
-from batchlab.train import auto_eval, fresh_model
+from batchlab.train import DIVERGENCE_FACTOR, auto_eval, fresh_model
 
 
 def _grads(model: torch.nn.Module) -> torch.Tensor:
@@ -134,14 +135,26 @@ def test_dataloader_path_trains_like_the_fast_path() -> None:
 
 
 def test_huge_lr_diverges_as_a_result() -> None:
-    """A learning rate of 1e4 on linreg ends the run with diverged=True, not an exception."""
+    """A learning rate of 1e4 on linreg ends the run with diverged=True, not an exception, at the
+    first point whose training-sample loss passes 3x its start (each step multiplies it ~1e8)."""
     result = train("linreg", batch_size=32, lr=1e4, max_steps=500, device="cpu")
+    assert result.diverged and not result.reached_target
+    assert result.steps == 1
+    start, last = result.curve[0].train_loss, result.curve[-1].train_loss
+    assert start is not None and last is not None and last > DIVERGENCE_FACTOR * start
+    json.dumps(result.to_dict(), allow_nan=False)  # plain JSON even so
+
+
+def test_a_loss_that_triples_ends_the_run_as_diverged() -> None:
+    """A rate just past SGD's stability limit grows the loss by a finite factor a step (about 1.5x
+    at lr 1.5 on linreg, batch 32): the run ends as diverged a few steps in, once the
+    training-sample loss passes 3x its start, not after 2,000 steps of a loss that never overflows."""
+    result = train("linreg", batch_size=32, lr=1.5, max_steps=2000, device="cpu")
     assert result.diverged
-    assert result.steps < 500
-    assert result.final_eval_loss is None
-    assert result.to_dict()["curve"][-1]["train_loss"] is None or math.isfinite(
-        result.to_dict()["curve"][-1]["train_loss"]
-    )
+    assert 1 < result.steps < 10
+    losses = [p.train_loss for p in result.curve]
+    assert all(v is not None and math.isfinite(v) for v in losses)
+    assert losses[-1] > DIVERGENCE_FACTOR * losses[0] >= max(losses[:-1])  # type: ignore[operator]
 
 
 def test_reaches_target_and_reports_where() -> None:

@@ -89,6 +89,21 @@ class DeviceData:
                     yield epoch, (x_all[idx], y_all[idx])
             epoch += 1
 
+    def sample(self, size: int, seed: int = 0) -> DeviceData:
+        """A fixed random subset of `size` examples (all of them when the set is smaller): the same
+        examples for every run with the same `seed`, whatever the run's own seed, and in the order
+        of the dataset. Samples of one seed are nested: a smaller one is a subset of a larger one.
+        A random subset, not the first `size`: a dataset sorted by class would bias a prefix."""
+        if size >= self.size:
+            return self
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))[:size]
+        idx = order.sort().values
+        if self.tensors is not None:
+            x_all, y_all = self.tensors
+            subset = TensorDataset(x_all[idx.to(x_all.device)], y_all[idx.to(y_all.device)])
+            return DeviceData(subset, self.device)
+        return DeviceData(torch.utils.data.Subset(self.dataset, idx.tolist()), self.device)
+
     def in_order(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """One pass in order (for evaluation), in chunks of `batch_size`, over the first `limit`."""
         size = self.size if limit is None else min(limit, self.size)

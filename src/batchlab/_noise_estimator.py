@@ -24,12 +24,17 @@ from typing import NamedTuple
 
 
 class NoiseState(NamedTuple):
-    """EMAs of the one-step estimates and of their squares, and how many updates they hold."""
+    """Exponentially weighted sums of the one-step estimates and of their squares, the sums of the
+    weights (for the bias correction) and of their squares (for the effective sample size), and how
+    many updates they hold. Each update may decay the past by its own factor: a window counted in
+    steps, not updates, when updates are irregular."""
 
-    grad_sq: float  # EMA of |G|^2 estimates
-    trace: float  # EMA of tr(Sigma) estimates
-    grad_sq_sq: float  # EMA of squares, for the spread
+    grad_sq: float  # weighted sum of |G|^2 estimates
+    trace: float  # weighted sum of tr(Sigma) estimates
+    grad_sq_sq: float  # weighted sums of squares, for the spread
     trace_sq: float
+    weight: float  # sum of the weights: 1 - beta^n for a constant beta
+    weight_sq: float  # sum of the squared weights
     updates: int
 
 
@@ -43,7 +48,7 @@ class NoiseReading(NamedTuple):
 
 
 def init() -> NoiseState:
-    return NoiseState(0.0, 0.0, 0.0, 0.0, 0)
+    return NoiseState(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
 
 
 def inverse_batch(batch: float, population: int | None) -> float:
@@ -75,29 +80,34 @@ def update(
     beta: float = 0.95,
     population: int | None = None,
 ) -> NoiseState:
-    """Fold one step's squared norms into the EMAs."""
+    """Fold one step's squared norms into the averages, the past decayed by `beta` (0 <= beta < 1)."""
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1) (got {beta})")
     g, s = one_step(small_sq=small_sq, big_sq=big_sq, b_small=b_small, b_big=b_big, population=population)
+    w = 1 - beta
     return NoiseState(
-        grad_sq=beta * state.grad_sq + (1 - beta) * g,
-        trace=beta * state.trace + (1 - beta) * s,
-        grad_sq_sq=beta * state.grad_sq_sq + (1 - beta) * g * g,
-        trace_sq=beta * state.trace_sq + (1 - beta) * s * s,
+        grad_sq=beta * state.grad_sq + w * g,
+        trace=beta * state.trace + w * s,
+        grad_sq_sq=beta * state.grad_sq_sq + w * g * g,
+        trace_sq=beta * state.trace_sq + w * s * s,
+        weight=beta * state.weight + w,
+        weight_sq=beta * beta * state.weight_sq + w * w,
         updates=state.updates + 1,
     )
 
 
-def read(state: NoiseState, *, beta: float = 0.95) -> NoiseReading:
+def read(state: NoiseState) -> NoiseReading:
     """Bias-corrected |G|^2, tr(Sigma), their ratio B_simple, and its standard error."""
     if state.updates == 0:
         nan = float("nan")
         return NoiseReading(nan, nan, nan, nan)
-    correction = 1 - beta**state.updates
-    g, s = state.grad_sq / correction, state.trace / correction
+    g, s = state.grad_sq / state.weight, state.trace / state.weight
     b_simple = s / g if g > 0 else math.inf
-    # An EMA's effective sample size is (1 + beta) / (1 - beta), capped by the updates seen.
-    n_eff = min(state.updates, (1 + beta) / (1 - beta))
-    var_g = max(state.grad_sq_sq / correction - g * g, 0.0)
-    var_s = max(state.trace_sq / correction - s * s, 0.0)
+    # The effective sample size of a weighted mean, (sum w)^2 / sum w^2: (1 + beta) / (1 - beta)
+    # for a long run at a constant beta, the number of updates for the first few.
+    n_eff = state.weight**2 / state.weight_sq
+    var_g = max(state.grad_sq_sq / state.weight - g * g, 0.0)
+    var_s = max(state.trace_sq / state.weight - s * s, 0.0)
     if g > 0 and s > 0 and n_eff > 1:
         rel = math.sqrt((var_g / g**2 + var_s / s**2) / (n_eff - 1))
         stderr = abs(b_simple) * rel

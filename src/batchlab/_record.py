@@ -6,8 +6,16 @@ from typing import Any
 
 from . import _dist
 from .store import Store, run_key
-from .train import TrainResult, train
+from .train import CURVE_VERSION, TrainResult, train
 from .workload import Workload
+
+
+def run_config(workload: Workload, settings: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run: its workload, its settings (not the device it ran on), and the
+    version of what its curve points mean."""
+    config = {"workload": workload.name, "curve_version": CURVE_VERSION, **settings}
+    config.pop("device", None)
+    return config
 
 
 def recorded_train(
@@ -19,8 +27,7 @@ def recorded_train(
     is reused and tells the others, so that every rank trains the same runs.
     Returns the result and whether it was reused from the store.
     """
-    config = {"workload": workload.name, **settings}
-    config.pop("device", None)  # a run's identity is its settings, not where it ran
+    config = run_config(workload, settings)
     key = run_key(kind, config)
     done = _dist.broadcast(store.finished(key) if store is not None else None)
     if done is not None:

@@ -37,7 +37,7 @@ from .lr import LrRule, scale_lr
 from .memory import MemoryProfile, probe_memory
 from .noise import noise_at_parameters
 from .throughput import ThroughputProfile, profile_throughput
-from .train import train
+from .train import TrainResult, train
 from .workload import Workload, load_workload
 
 LR_CHECK_STEPS = 50  # the least a tuning run may take
@@ -85,6 +85,10 @@ class Advice:
     predicted_speedup: float | None
     model_steps_to_target: float | None  # S_min (1 + B_noise / B) at the chosen batch
     max_batch_size: int | None
+    # True when memory was probed only up to the largest batch the prediction could choose, and
+    # that fitted: the edge lies somewhere above (`full_memory` finds it).
+    max_batch_size_is_lower_bound: bool
+    memory_probed_to: int | None  # that bound; None when probed to the edge
     b_noise: float | None
     b_noise_stderr: float | None
     knee_batch_size: int | None
@@ -184,10 +188,17 @@ def advise(
     memory_limit: int | None = None,
     budget_seconds: float | None = None,
     validate: bool = False,
+    full_memory: bool = False,
     progress: Progress | None = None,
 ) -> Advice:
-    """Measure memory, throughput and noise; recommend the batch size and learning rate that
-    minimise predicted time to target under the memory cap."""
+    """Measure noise, throughput and memory; recommend the batch size and learning rate that
+    minimise predicted time to target under the memory cap.
+
+    The phases run so that each bounds the next: the reference run and its noise scale; the
+    throughput curve up to where doubling the batch stops paying; then the memory probe only up to
+    the largest batch the prediction could choose (its time to target still falling), never the
+    whole training set unless `full_memory`. The advice then costs a few reference runs, not a
+    memory search at batches nobody would train at."""
     workload = load_workload(workload)
     _dist.init_from_env()
     world = _dist.world_size()
@@ -207,59 +218,10 @@ def advise(
 
     limitations: list[str] = []
 
-    say("memory: the largest batch that fits")
-    memory: MemoryProfile | None = probe_memory(workload, device=device, limit_bytes=memory_limit)
-    assert memory is not None
-    cap = memory.max_batch_size or workload.batch_size
-    if world > 1 and memory.max_batch_size is not None:  # the probe's answer is per device
-        cap = min(memory.max_batch_size * world, workload.train_size) // world * world
-    if memory.max_batch_size is None:
-        limitations.append(
-            "not even the smallest batch fitted in memory; the reference batch is used as the cap"
-        )
-
-    say("throughput: seconds per step at each batch size")
-    throughput = profile_throughput(workload, max_batch_size=cap, device=device)
-
     say("noise: train from the reference point to the target, then measure B_noise there")
-    # The reference run also tracks B_simple every 4th step, for its history; its time is not used
-    # as a measurement (validation re-runs the reference plainly).
-    reference_run = train(
-        workload,
-        batch_size=workload.batch_size,
-        until_target=True,
-        device=device,
-        keep_model=True,
-        track_noise=workload.batch_size % 2 == 0,
-        noise_every=4,
-    )
-    b_noise = b_noise_stderr = None
-    noise: dict[str, Any] | None = None
-    if reference_run.reached_target and reference_run.model is not None:
-        reading = noise_at_parameters(
-            reference_run.model,
-            workload,
-            micro_batch=max(1, workload.batch_size // NOISE_MICRO_BATCHES),
-            device=next(reference_run.model.parameters()).device,
-        )
-        b_noise, b_noise_stderr = reading.b_simple, reading.b_simple_stderr
-        noise = {
-            "b_simple": b_noise,
-            "b_simple_stderr": b_noise_stderr,
-            "grad_sq": reading.grad_sq,
-            "trace_sigma": reading.trace_sigma,
-            "micro_batch": max(1, workload.batch_size // NOISE_MICRO_BATCHES),
-            "measured_at_step": reference_run.steps_to_target,
-            "history": [
-                {"step": p.step, "train_loss": p.train_loss, "eval_loss": p.eval_loss, "b_simple": p.b_simple}
-                for p in reference_run.curve
-            ],
-        }
-    else:
-        limitations.append(
-            f"the reference run (batch {workload.batch_size}, lr {workload.lr:g}) did not reach "
-            "the target, so nothing calibrates the prediction; the reference point is returned"
-        )
+    reference_run, noise = _reference_noise(workload, device, limitations)
+    b_noise = None if noise is None else noise["b_simple"]
+    b_noise_stderr = None if noise is None else noise["b_simple_stderr"]
     reference = {
         "batch_size": workload.batch_size,
         "lr": workload.lr,
@@ -267,10 +229,40 @@ def advise(
         "seconds_to_target": reference_run.seconds_to_target,
     }
 
+    say("throughput: seconds per step, up to where doubling the batch stops paying")
+    throughput = profile_throughput(workload, device=device)
+
     predictions: list[Prediction] = []
     if b_noise is not None and reference_run.steps_to_target is not None:
         s_min = reference_run.steps_to_target / (1 + b_noise / workload.batch_size)
-        predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=cap)
+        timed = [p.batch_size for p in throughput.points if p.step_seconds is not None]
+        upper = max(timed, default=workload.batch_size)
+        predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=upper)
+
+    # The largest batch the prediction could choose is its best without a memory cap: a cap above
+    # it changes nothing, a cap below it is found exactly by a search bounded there.
+    unbounded = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
+    probe_to = None if full_memory else (unbounded.batch_size if unbounded else workload.batch_size)
+    say(
+        "memory: the largest batch that fits"
+        + ("" if probe_to is None else f", up to {probe_to} (the largest the prediction could choose)")
+    )
+    memory = probe_memory(
+        workload,
+        device=device,
+        limit_bytes=memory_limit,
+        max_batch_size=None if probe_to is None else max(1, math.ceil(probe_to / world)),
+    )
+    cap = memory.max_batch_size or workload.batch_size
+    if world > 1 and memory.max_batch_size is not None:  # the probe's answer is per device
+        cap = min(memory.max_batch_size * world, workload.train_size) // world * world
+    if memory.max_batch_size is None:
+        limitations.append(
+            "not even the smallest batch fitted in memory; the reference batch is used as the cap"
+        )
+    probed_no_further = probe_to is not None and memory.max_batch_size is not None and cap >= probe_to
+    predictions = [p for p in predictions if p.batch_size <= cap]
+
     best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
     chosen_size = best.batch_size if best else workload.batch_size
     chosen_lr, rule = lr_for(workload, chosen_size, b_noise) if best else (workload.lr, LrRule.NONE)
@@ -337,13 +329,25 @@ def advise(
         max_batch_size=None
         if memory.max_batch_size is None
         else (cap if world > 1 else memory.max_batch_size),
+        max_batch_size_is_lower_bound=probed_no_further,
+        memory_probed_to=probe_to,
         b_noise=b_noise,
         b_noise_stderr=b_noise_stderr,
         knee_batch_size=throughput.knee_batch_size,
         reference=reference,
         predictions=tuple(predictions),
         rationale=tuple(
-            _rationale(workload, best, b_noise, memory, throughput, speedup, rule, chosen_lr / rule_lr)
+            _rationale(
+                workload,
+                best,
+                b_noise,
+                memory,
+                throughput,
+                speedup,
+                rule,
+                chosen_lr / rule_lr,
+                probed_no_further=probed_no_further,
+            )
         ),
         limitations=tuple(limitations),
         lr_checks=tuple(lr_checks),
@@ -356,6 +360,51 @@ def advise(
         seconds=time.perf_counter() - budget.start,
         world_size=world,
     )
+
+
+def _reference_noise(
+    workload: Workload, device: str | torch.device, limitations: list[str]
+) -> tuple[TrainResult, dict[str, Any] | None]:
+    """The reference run to the target, and the noise scale measured where it got there."""
+    # The reference run also tracks B_simple at every step, for its history (a short window of
+    # steps, so that it follows B_simple as it grows); its time is not used as a measurement
+    # (validation re-runs the reference plainly).
+    run = train(
+        workload,
+        batch_size=workload.batch_size,
+        until_target=True,
+        device=device,
+        keep_model=True,
+        track_noise=workload.batch_size % 2 == 0,
+        noise_every=1,
+    )
+    if not run.reached_target or run.model is None:
+        limitations.append(
+            f"the reference run (batch {workload.batch_size}, lr {workload.lr:g}) did not reach "
+            "the target, so nothing calibrates the prediction; the reference point is returned"
+        )
+        return run, None
+    micro_batch = max(1, workload.batch_size // NOISE_MICRO_BATCHES)
+    reading = noise_at_parameters(
+        run.model, workload, micro_batch=micro_batch, device=next(run.model.parameters()).device
+    )
+    return run, {
+        "b_simple": reading.b_simple,
+        "b_simple_stderr": reading.b_simple_stderr,
+        "grad_sq": reading.grad_sq,
+        "trace_sigma": reading.trace_sigma,
+        "micro_batch": micro_batch,
+        "measured_at_step": run.steps_to_target,
+        "history": [
+            {
+                "step": p.step,
+                "train_loss": p.train_loss,
+                "eval_loss": p.eval_loss,
+                "b_simple": p.b_simple,
+            }
+            for p in run.curve
+        ],
+    }
 
 
 def _measured(run: Any, batch_size: int) -> Measured:
@@ -383,12 +432,12 @@ def _tune_lr(
     (at most twice the predicted steps): halve while it diverges; from the first rate that trains,
     double while steps-to-target falls. The rules assume the reference rate was the best one at the
     reference batch; when it was conservative, this recovers the difference."""
-    limit = max(LR_CHECK_STEPS, math.ceil(2 * predicted_steps))
     checks: list[Measured] = []
 
-    def attempt(rate: float) -> Measured | None:
-        """Train TUNING_SEEDS seeds at `rate`; the slower one speaks for the rate (a rate that only
-        one seed's data order tolerates is not a rate to recommend)."""
+    def attempt(rate: float, limit: int) -> Measured | None:
+        """Train TUNING_SEEDS seeds at `rate`, each to the target or `limit` steps; the slower one
+        speaks for the rate (a rate that only one seed's data order tolerates is not a rate to
+        recommend), so a seed that misses ends the attempt: the others cannot change its verdict."""
         runs = []
         for seed in range(TUNING_SEEDS):
             if budget.left() <= 0:
@@ -405,7 +454,7 @@ def _tune_lr(
                 seed=seed,
             )
             runs.append(_measured(run, batch_size))
-            if run.diverged:
+            if not run.reached_target:
                 break
         checks.extend(runs)
         return max(runs, key=lambda m: (m.diverged, steps(m)))
@@ -413,18 +462,24 @@ def _tune_lr(
     def steps(m: Measured) -> float:
         return math.inf if m.steps_to_target is None else m.steps_to_target
 
-    current = attempt(lr)
+    limit = max(LR_CHECK_STEPS, math.ceil(2 * predicted_steps))
+    current = attempt(lr, limit)
     for _ in range(LR_CHECK_HALVINGS):
         if current is None or not current.diverged:
             break
         lr /= 2
-        current = attempt(lr)
+        current = attempt(lr, limit)
     if current is None or current.diverged:
         if current is not None:
             limitations.append(f"training diverged at batch {batch_size} even at lr {lr:.3g}")
         return lr, checks
     for _ in range(LR_DOUBLINGS):
-        bigger = attempt(2 * lr)
+        # A doubling is kept only if it saves LR_DOUBLING_GAIN of the steps: a run still short of
+        # the target by then can no longer win, so it stops there.
+        can_win = limit if current.steps_to_target is None else int(LR_DOUBLING_GAIN * steps(current))
+        if can_win < 1:
+            break
+        bigger = attempt(2 * lr, can_win)
         # Kept only when it reaches the target, in clearly fewer steps (two runs that both miss the
         # target compare as inf > 0.9 inf, which is false: that must not count as a gain).
         if (
@@ -447,6 +502,8 @@ def _rationale(
     speedup: float | None,
     rule: LrRule,
     tuned: float = 1.0,
+    *,
+    probed_no_further: bool = False,
 ) -> list[str]:
     if best is None or b_noise is None:
         return [
@@ -458,7 +515,12 @@ def _rationale(
         f"{b_noise:.0f}: below it, "
         "doubling the batch nearly halves the steps; above it, a bigger batch buys little per step.",
     ]
-    if memory.max_batch_size is not None:
+    if probed_no_further:
+        lines.append(
+            f"Batch {memory.max_batch_size} fits; memory was probed no further, since no larger batch "
+            "is predicted to reach the target sooner (--full-memory finds the edge)."
+        )
+    elif memory.max_batch_size is not None:
         cap_note = "the whole training set" if memory.capped_by_dataset else "the memory limit"
         lines.append(f"The largest batch that fits is {memory.max_batch_size} ({cap_note}).")
     largest = max((p.batch_size for p in throughput.points if p.samples_per_second), default=None)

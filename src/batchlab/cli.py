@@ -676,6 +676,8 @@ def sweep_table(data: dict[str, Any]) -> Table:
         )
     else:
         table.caption = f"no fit: {fit['reason']}"
+    if fit.get("note"):
+        table.caption += f"\nnote: {fit['note']}"
     return table
 
 
@@ -688,6 +690,11 @@ def advise_command(
     budget_seconds: float = typer.Option(None, "--budget-seconds", help="stop measuring after this long"),
     validate: bool = typer.Option(
         False, "--validate", help="train the advice and the reference to the target"
+    ),
+    full_memory: bool = typer.Option(
+        False,
+        "--full-memory",
+        help="probe memory to the edge, not only up to the largest batch the prediction could choose",
     ),
     out: Path = typer.Option(
         Path("batchlab-out"), "--out", help="folder for report.html, advice.json, results.db"
@@ -710,6 +717,7 @@ def advise_command(
             memory_limit=limit,
             budget_seconds=budget_seconds,
             validate=validate,
+            full_memory=full_memory,
             progress=lambda text: status.update(f"[bold]{text}"),
         )
     data = result.to_dict()
@@ -735,7 +743,10 @@ def advice_table(data: dict[str, Any]) -> Table:
     table.add_row("speedup", f"{fmt(data['predicted_speedup'], 3)}x (predicted)", "1x")
     if data.get("measured_speedup") is not None:
         table.add_row("measured speedup", f"{fmt(data['measured_speedup'], 3)}x", "")
-    table.add_row("largest batch that fits", fmt(data["max_batch_size"]), "")
+    fits = fmt(data["max_batch_size"])
+    if data.get("max_batch_size_is_lower_bound"):
+        fits = f"at least {fits} (probed no further)"
+    table.add_row("largest batch that fits", fits, "")
     table.add_row("B_noise", fmt(data["b_noise"], 3), "")
     table.add_row("throughput knee", fmt(data["knee_batch_size"]), "")
     table.caption = "\n".join(data["rationale"] + [f"note: {line}" for line in data["limitations"]])

@@ -194,7 +194,9 @@ def time_to_target(advice: dict[str, Any]) -> bytes:
             advice["batch_size"], color="tab:green", linestyle="--", label=f"advice: {advice['batch_size']}"
         )
         if advice.get("max_batch_size"):
-            ax.axvline(advice["max_batch_size"], color="tab:red", linestyle=":", label="memory cap")
+            lower_bound = advice.get("max_batch_size_is_lower_bound")
+            cap_label = "fits (probed no further)" if lower_bound else "memory cap"
+            ax.axvline(advice["max_batch_size"], color="tab:red", linestyle=":", label=cap_label)
         measured = advice.get("measured") or []
         if measured:
             ax.plot(

@@ -168,6 +168,7 @@ def sweep_section(sweep: dict[str, Any]) -> list[str]:
     return [
         "<h2>Convergence sweep</h2>",
         f"<p>{esc(caption)}</p>",
+        f"<p class=\"note\">{esc(fit['note'])}</p>" if fit.get("note") else "",
         figure(plots.steps_to_target(sweep["best"], fit), "steps to target"),
         figure(plots.loss_curves(best_runs, sweep["target"]), "loss curves"),
         table(

@@ -15,8 +15,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -33,6 +33,10 @@ from .train import TrainResult, resolve_lr
 from .workload import Workload, check_batch_size, load_workload
 
 MIN_FIT_POINTS = 3
+ONE_SEED_NOTE = (
+    "one seed: each batch size's best rate was picked from single runs, so the choice, and the fit, "
+    "carry that run's luck; pass --seeds 0,1 to count a rate only when both seeds reach the target"
+)
 
 
 class SweepProgress(Protocol):
@@ -107,6 +111,7 @@ class TradeoffFit:
     b_crit_low: float | None = None  # one-sigma interval from the profile likelihood
     b_crit_high: float | None = None
     rms_log_error: float | None = None
+    note: str | None = None  # a caveat on the data behind the fit, for whoever reads it
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -210,8 +215,10 @@ def fit_tradeoff(sizes: Sequence[float], steps: Sequence[float]) -> TradeoffFit:
 
 
 def best_per_batch(runs: Sequence[SweepRun]) -> list[SweepRun]:
-    """Per batch size, the multiplier whose median steps-to-target over seeds is fewest (a run that
-    did not reach the target counts as infinite); one representative run (the median seed) each."""
+    """Per batch size, the multiplier whose slowest seed reached the target in the fewest steps.
+    A multiplier counts only if every one of its seeds reached the target: a rate that only one data
+    order tolerates is not a rate to recommend. The representative run is the slowest seed, the one
+    that decided; a batch size where no multiplier counts is represented by a run that missed."""
     chosen = []
     for size in sorted({r.batch_size for r in runs}):
         by_multiplier: dict[float, list[SweepRun]] = {}
@@ -219,15 +226,15 @@ def best_per_batch(runs: Sequence[SweepRun]) -> list[SweepRun]:
             if r.batch_size == size:
                 by_multiplier.setdefault(r.lr_multiplier, []).append(r)
 
-        def median_steps(group: list[SweepRun]) -> float:
-            return statistics.median(
-                math.inf if r.steps_to_target is None else r.steps_to_target for r in group
-            )
+        def slowest(group: list[SweepRun]) -> SweepRun:
+            return max(group, key=_steps_or_inf)
 
-        group = min(by_multiplier.values(), key=median_steps)
-        ordered = sorted(group, key=lambda r: math.inf if r.steps_to_target is None else r.steps_to_target)
-        chosen.append(ordered[(len(ordered) - 1) // 2])
+        chosen.append(min((slowest(g) for g in by_multiplier.values()), key=_steps_or_inf))
     return chosen
+
+
+def _steps_or_inf(run: SweepRun) -> float:
+    return math.inf if run.steps_to_target is None else run.steps_to_target
 
 
 def run_sweep(
@@ -285,6 +292,8 @@ def run_sweep(
     best = best_per_batch(runs)
     reached = [r for r in best if r.steps_to_target is not None]
     fit = fit_tradeoff([r.batch_size for r in reached], [r.steps_to_target or 0 for r in reached])
+    if len(set(seeds)) == 1:
+        fit = dataclasses.replace(fit, note=ONE_SEED_NOTE)
     return SweepResult(
         workload=workload.name,
         lr_rule=rule.value,

@@ -31,8 +31,34 @@ from .workload import Workload, check_batch_size, check_lr, load_workload
 DEFAULT_EPOCHS_UNTIL_TARGET = 100
 DEFAULT_EPOCHS = 10
 EVAL_RESOLUTION = 16  # automatic evaluation keeps steps-to-target within 1/16 of its value
-FINAL_TRAIN_SAMPLE = 2048  # examples of the training set scored at the end, for the train/eval gap
+# A target is judged on fixed data at evaluation points, never on the mini-batches just trained on
+# (Shallue et al. 2018; at batch 1 a mini-batch's loss has the spread of one example's, so a lucky
+# example "meets" any target). Train metrics are measured on a fixed random sample of the training
+# set, the same examples in every run. For a train-metric target the sample is TRAIN_SAMPLE examples:
+# a cross-entropy whose per-example spread is about the size of the loss itself then has a standard
+# error of ~2% of the loss, small against the distance from the starting loss to any target worth
+# setting. Otherwise the sample only watches for divergence (a 3x rise, below) and draws the train
+# curve, and DIVERGENCE_SAMPLE examples (standard error ~6% of the loss) are plenty for that.
+TRAIN_SAMPLE = 2048
+DIVERGENCE_SAMPLE = 256
+FINAL_TRAIN_SAMPLE = TRAIN_SAMPLE  # examples scored at the end, for the train/eval gap
+SAMPLE_SEED = 0  # the fixed sample's seed: every run of a workload is judged on the same examples
+# A run has diverged when its loss is not finite, or when the training-sample loss rises above its
+# starting value by more than (DIVERGENCE_FACTOR - 1) times that value (3x a positive start). A run
+# that got there is no longer training; an unstable rate grows the loss geometrically, so the exact
+# factor changes when it is caught by a step or two, not whether; and a transient rise of less than
+# that (Adam's early bumps, momentum's overshoot) still recovers and is let run.
+DIVERGENCE_FACTOR = 3.0
+# What a curve point means. A stored run of another version is trained again, never reused
+# (version 1 judged train_loss on the mini-batches).
+CURVE_VERSION = 2
 NOISE_EVERY = 50  # without accumulation, track_noise splits one step in this many
+# The tracked noise scale averages over an exponential window of the last NOISE_WINDOW of the steps
+# so far (counted in steps, whatever the interval between measured steps). |G|^2 falls fast as the
+# loss falls, and an average over a window mixes in the larger |G|^2 of earlier steps: a window of
+# 20 updates 4 steps apart read B_simple ~54 at the end of digits-mlp's reference run against 160
+# measured at its final parameters; a tenth of the steps, measured every step, reads 152 +- 71.
+NOISE_WINDOW = 0.1
 SHARPNESS_EXAMPLES = 2048  # the fixed training sample the final sharpness is measured on
 
 
@@ -45,10 +71,13 @@ class CurvePoint:
     seconds: float  # training time so far, evaluation excluded, device synchronized
     lr: float
     batch_size: int
-    train_loss: float | None  # mean training-batch loss since the previous point
+    train_loss: float | None  # on the fixed training sample (see TRAIN_SAMPLE), at this point
     eval_loss: float | None
-    metrics: dict[str, float] = field(default_factory=dict)  # "eval_<name>"
+    metrics: dict[str, float] = field(default_factory=dict)  # "eval_<name>" and "train_<name>"
     b_simple: float | None = None  # gradient noise scale so far, when tracked
+    # The mean loss of the mini-batches trained on since the previous point: what the optimizer saw,
+    # drawn in the curve but never judged against the target.
+    batch_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -139,9 +168,15 @@ def fresh_model(
 
 
 def evaluate(
-    model: nn.Module, workload: Workload, data: DeviceData, *, batch_size: int, limit: int | None = None
+    model: nn.Module,
+    workload: Workload,
+    data: DeviceData,
+    *,
+    batch_size: int,
+    limit: int | None = None,
+    prefix: str = "eval_",
 ) -> tuple[float, dict[str, float]]:
-    """Mean loss (and metrics) over `data` in eval mode, weighted by chunk size."""
+    """Mean loss (and metrics, named `prefix` + name) over `data` in eval mode, weighted by chunk size."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -155,7 +190,7 @@ def evaluate(
             for name, value in (workload.metrics(out, y) if workload.metrics else {}).items():
                 sums[name] = sums.get(name, 0.0) + float(value) * n
     model.train(was_training)
-    return total / count, {f"eval_{k}": v / count for k, v in sums.items()}
+    return total / count, {f"{prefix}{k}": v / count for k, v in sums.items()}
 
 
 def auto_eval(step: int) -> bool:
@@ -231,7 +266,10 @@ def train(
     NOISE_EVERY-th step, split in two (a split step costs up to twice a plain one on tiny models).
     `ghost_batch_size` swaps the model's BatchNorm layers for ghost batch norm over virtual batches
     of that size; `sharpness` measures the final model's top Hessian eigenvalue and epsilon-sharpness.
-    A NaN or infinite loss stops the run and marks it `diverged`: a result, not an error.
+    The target is judged at evaluation points on fixed data: the evaluation set for `eval_*`
+    metrics, a fixed sample of the training set for `train_*` (TRAIN_SAMPLE); the mini-batch loss is
+    kept as `batch_loss`. A loss that is not finite, or a training-sample loss that rises to
+    DIVERGENCE_FACTOR times its start, stops the run and marks it `diverged`: a result, not an error.
     """
     workload = load_workload(workload)
     _dist.init_from_env()
@@ -340,11 +378,15 @@ class _Loop:
         self.optimizer = workload.optimizer(self.model.parameters(), lr)
         self.train_data = DeviceData(workload.train_data, device)
         self.eval_data = None if workload.eval_data is None else DeviceData(workload.eval_data, device)
+        on_train = workload.target.metric.startswith("train_")
+        sample_size = TRAIN_SAMPLE if on_train else DIVERGENCE_SAMPLE
+        self.train_sample = self.train_data.sample(sample_size, SAMPLE_SEED)
         self.eval_batch = max(schedule.largest_batch_size, 256)
         self.rank, self.world = _dist.rank(), _dist.world_size()
         # What a step runs: the model, or DDP around it.
         self.net: nn.Module = _dist.data_parallel(self.model, device) if self.world > 1 else self.model
         self.noise = noise_est.init()
+        self.noise_step = 0  # the step after which the noise scale was last measured
         self.step = 0
         self.examples = 0
         self.lr_now = lr
@@ -382,8 +424,12 @@ class _Loop:
             )
         if measure:
             assert out.small_sq is not None and out.big_sq is not None
+            gap = self.step + 1 - self.noise_step
+            window = max(1.0, NOISE_WINDOW * (self.step + 1))
+            self.noise_step = self.step + 1
             self.noise = noise_est.update(
                 self.noise,
+                beta=math.exp(-gap / window),
                 small_sq=float(out.small_sq),
                 big_sq=float(out.big_sq),
                 b_small=self.batch_size / parts,
@@ -416,13 +462,16 @@ class _Loop:
         _dist.average_gradients(params)
         return StepOutput(out.loss, local_sq, _sq_norm(_grad_list(params)))
 
-    def _point(self, train_loss: float | None) -> CurvePoint:
+    def _point(self, batch_loss: float | None) -> CurvePoint:
+        train_loss, metrics = evaluate(
+            self.model, self.workload, self.train_sample, batch_size=self.eval_batch, prefix="train_"
+        )
         eval_loss: float | None = None
-        metrics: dict[str, float] = {}
         if self.eval_data is not None:
-            eval_loss, metrics = evaluate(
+            eval_loss, eval_metrics = evaluate(
                 self.model, self.workload, self.eval_data, batch_size=self.eval_batch
             )
+            metrics.update(eval_metrics)
         b_simple = noise_est.read(self.noise).b_simple if self.noise.updates else None
         return CurvePoint(
             step=self.step,
@@ -434,7 +483,18 @@ class _Loop:
             eval_loss=eval_loss,
             metrics=metrics,
             b_simple=b_simple,
+            batch_loss=batch_loss,
         )
+
+    def _diverged(self, point: CurvePoint, start: CurvePoint) -> bool:
+        """Not finite, or the training-sample loss far above where it started (DIVERGENCE_FACTOR)."""
+        losses = (point.train_loss, point.eval_loss, point.batch_loss)
+        if any(v is not None and not math.isfinite(v) for v in losses):
+            return True
+        first, now = start.train_loss, point.train_loss
+        if first is None or now is None or not math.isfinite(first):
+            return False
+        return now - first > (DIVERGENCE_FACTOR - 1) * abs(first)
 
     def run(
         self,
@@ -465,17 +525,15 @@ class _Loop:
             if not (due(self.step) or self.step == limit):
                 continue
             self.seconds += clock(self.device) - started
-            train_loss = float(_dist.mean(torch.stack(losses).mean()))  # over the ranks' shards too
-            point = self._point(train_loss)
+            batch_loss = float(_dist.mean(torch.stack(losses).mean()))  # over the ranks' shards too
+            point = self._point(batch_loss)
             curve.append(point)
             if on_point:
                 on_point(point)
             if progress:
                 progress(self.step, limit)
             losses.clear()
-            if not math.isfinite(train_loss) or (
-                point.eval_loss is not None and not math.isfinite(point.eval_loss)
-            ):
+            if self._diverged(point, curve[0]):
                 self.diverged, stop = True, "diverged"
                 break
             value = point.value(self.workload.target.metric)
@@ -495,9 +553,8 @@ class _Loop:
             final_train, _ = evaluate(
                 self.model,
                 self.workload,
-                self.train_data,
+                self.train_data.sample(FINAL_TRAIN_SAMPLE, SAMPLE_SEED),
                 batch_size=self.eval_batch,
-                limit=FINAL_TRAIN_SAMPLE,
             )
         measured = None
         if sharpness and not self.diverged:

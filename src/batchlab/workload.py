@@ -25,7 +25,8 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 OptimizerFactory = Callable[[Any, float], torch.optim.Optimizer]
 MetricsFn = Callable[[Any, Any], Mapping[str, float]]
 
-# Metrics a target may name, beside "eval_<name>" for each name the workload's metrics return.
+# Metrics a target may name, beside "eval_<name>" (on the evaluation set) and "train_<name>" (on a
+# fixed sample of the training set) for each name the workload's metrics return.
 BASE_METRICS = ("train_loss", "eval_loss")
 
 
@@ -64,7 +65,8 @@ class Workload:
     `model` is called with no arguments for a fresh model; batchlab seeds torch before each call.
     `optimizer(params, lr)` builds the optimizer. `batch_size` and `lr` are the reference point:
     learning-rate rules scale from it. `metrics(outputs, targets)` may return extra batch means
-    (such as accuracy), reported as "eval_<name>".
+    (such as accuracy), reported as "eval_<name>" on the evaluation set and "train_<name>" on a
+    fixed sample of the training set; a target may name either.
     """
 
     name: str
