@@ -107,6 +107,30 @@ def oracle(workload: batchlab.Workload, sizes: list[int]) -> tuple[list[dict], f
     return runs, time.perf_counter() - started
 
 
+def write_table(figures: dict, rows_by_name: dict[str, str]) -> None:
+    table = [
+        f"# advice quality (cpu, median of {REPEATS} seeds per point, {time.strftime('%Y-%m-%d')})",
+        "",
+        "Each cell: batch @ lr: seconds to target (training time, evaluation excluded).",
+        "",
+        "| workload | advice | oracle best | batch 32, ref lr | largest that fits, the rule "
+        f"| advice/oracle (goal <= {GOAL_RATIO:.2f}) | cost advice / oracle (goal <= 1/5) "
+        "| speedup predicted / measured (goal within 25%) |",
+        "|---|---|---|---|---|---|---|---|",
+        *(rows_by_name[n] for n in ORACLE if n in rows_by_name and "oracle_seeds" in figures[n]),
+    ]
+    stale = [n for n in ORACLE if n in rows_by_name and "oracle_seeds" not in figures[n]]
+    if stale:
+        table += [
+            "",
+            "Not re-run against this oracle yet (an earlier oracle: multipliers 0.5, 1, 2 of the linear",
+            "rule, one seed; an earlier advice):",
+            "",
+            *(rows_by_name[n] for n in stale),
+        ]
+    write("advice_quality", {"workloads": figures, "rows": rows_by_name}, table)
+
+
 def main() -> None:
     names = sys.argv[1:] or list(ORACLE)
     earlier = RESULTS / "advice_quality.json"
@@ -125,6 +149,8 @@ def main() -> None:
         reached = [r for r in runs if r["seconds_to_target"] is not None]
         best = min(reached, key=lambda r: r["seconds_to_target"])
         cap = advice.max_batch_size or workload.train_size
+        if advice.max_batch_size_is_lower_bound:  # the advice probed no further: find the edge here
+            cap = batchlab.probe_memory(workload).max_batch_size or cap
         points = {
             "advice": (advice.batch_size, advice.lr),
             "oracle": (best["batch_size"], best["lr"]),
@@ -175,27 +201,7 @@ def main() -> None:
             f"{predicted:.2f} / {measured:.2f} |"
         )
         print(rows_by_name[name], flush=True)
-    table = [
-        f"# advice quality (cpu, median of {REPEATS} seeds per point, {time.strftime('%Y-%m-%d')})",
-        "",
-        "Each cell: batch @ lr: seconds to target (training time, evaluation excluded).",
-        "",
-        "| workload | advice | oracle best | batch 32, ref lr | largest that fits, the rule "
-        f"| advice/oracle (goal <= {GOAL_RATIO:.2f}) | cost advice / oracle (goal <= 1/5) "
-        "| speedup predicted / measured (goal within 25%) |",
-        "|---|---|---|---|---|---|---|---|",
-        *(rows_by_name[n] for n in ORACLE if n in rows_by_name and "oracle_seeds" in figures[n]),
-    ]
-    stale = [n for n in ORACLE if n in rows_by_name and "oracle_seeds" not in figures[n]]
-    if stale:
-        table += [
-            "",
-            "Not re-run against this oracle yet (an earlier oracle: multipliers 0.5, 1, 2 of the linear",
-            "rule, one seed; an earlier advice):",
-            "",
-            *(rows_by_name[n] for n in stale),
-        ]
-    write("advice_quality", {"workloads": figures, "rows": rows_by_name}, table)
+        write_table(figures, rows_by_name)  # after every row: a long run keeps what it measured
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(advise_module, "train", fake_train)
     workload = load_workload("digits-mlp")
-    lr, checks = _tune_lr(workload, 64, 0.1, 20.0, "cpu", _Budget(None), [], lambda _: None)
+    lr, checks = _tune_lr(workload, 64, 0.1, 50, "cpu", _Budget(None), [], lambda _: None)
     assert lr == 0.1
     assert sorted(set(calls)) == [0.1, 0.2]
     assert len(checks) == 2  # a seed that misses ends its rate's attempt: the slower seed decides
@@ -190,7 +190,27 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(advise_module, "train", fake_train)
     workload = load_workload("digits-mlp")
-    lr, checks = _tune_lr(workload, 64, 0.1, 80.0, "cpu", _Budget(None), [], lambda _: None)
+    lr, checks = _tune_lr(workload, 64, 0.1, 160, "cpu", _Budget(None), [], lambda _: None)
     assert lr == 0.1
     assert limits == {0.1: [160, 160], 0.2: [90]}
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]
+
+
+def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
+    """100 predicted steps of 10 ms: a tuning run may take 200 steps, or only the 80 that the
+    reference's 0.8 s buys; never fewer than LR_CHECK_STEPS."""
+    from batchlab.advise import LR_CHECK_STEPS, Prediction, _tuning_steps
+
+    def at(b: int, steps: float, step_seconds: float) -> Prediction:
+        return Prediction(
+            batch_size=b,
+            lr=0.1,
+            steps_to_target=steps,
+            step_seconds=step_seconds,
+            seconds_to_target=steps * step_seconds,
+        )
+
+    best = at(64, 100, 0.01)
+    assert _tuning_steps(best, None) == 200
+    assert _tuning_steps(best, at(32, 400, 0.002)) == 80
+    assert _tuning_steps(best, at(32, 10, 0.001)) == LR_CHECK_STEPS

@@ -261,6 +261,8 @@ def advise(
             "not even the smallest batch fitted in memory; the reference batch is used as the cap"
         )
     probed_no_further = probe_to is not None and memory.max_batch_size is not None and cap >= probe_to
+    # The reference is what the user runs today: its prediction stays the baseline whatever the cap.
+    reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
     predictions = [p for p in predictions if p.batch_size <= cap]
 
     best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
@@ -271,14 +273,22 @@ def advise(
     lr_checks: list[Measured] = []
     if best is not None and chosen_size != workload.batch_size:
         chosen_lr, lr_checks = _tune_lr(
-            workload, chosen_size, chosen_lr, best.steps_to_target, device, budget, limitations, say
+            workload,
+            chosen_size,
+            chosen_lr,
+            _tuning_steps(best, reference_prediction),
+            device,
+            budget,
+            limitations,
+            say,
         )
         if lr_checks and not any(m.steps_to_target is not None for m in lr_checks):
             # Never seen to reach the target at this batch (a larger batch can settle above a tight
             # target): recommend only what was seen to work, the reference point.
             limitations.append(
                 f"at batch {chosen_size} no learning rate tried reached the target within twice the "
-                f"predicted steps, so the reference point (batch {workload.batch_size}) is kept"
+                "predicted steps, nor in the time the reference takes, so the reference point "
+                f"(batch {workload.batch_size}) is kept"
             )
             best = next((p for p in predictions if p.batch_size == workload.batch_size), None)
             chosen_size, chosen_lr, rule = workload.batch_size, workload.lr, LrRule.NONE
@@ -302,7 +312,6 @@ def advise(
         )
 
     budget.enter(None)
-    reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
     # The tuning runs trained to the target at the chosen batch: their steps replace the model's.
     tuned = [m for m in lr_checks if m.lr == chosen_lr and m.steps_to_target is not None]
     predicted_steps = best.steps_to_target if best else None
@@ -418,18 +427,28 @@ def _measured(run: Any, batch_size: int) -> Measured:
     )
 
 
+def _tuning_steps(best: Prediction, reference: Prediction | None) -> int:
+    """How far a tuning run at the chosen batch may train: twice the predicted steps, and never
+    past the steps that the reference's time to target buys at this batch (a rate slower than the
+    reference is not advice). At least LR_CHECK_STEPS."""
+    limit = 2 * best.steps_to_target
+    if reference is not None:
+        limit = min(limit, reference.seconds_to_target / best.step_seconds)
+    return max(LR_CHECK_STEPS, math.ceil(limit))
+
+
 def _tune_lr(
     workload: Workload,
     batch_size: int,
     lr: float,
-    predicted_steps: float,
+    limit: int,
     device: str | torch.device,
     budget: _Budget,
     limitations: list[str],
     say: Progress,
 ) -> tuple[float, list[Measured]]:
     """A doubling search on the learning rate at the chosen batch, each run trained to the target
-    (at most twice the predicted steps): halve while it diverges; from the first rate that trains,
+    (at most `limit` steps): halve while it diverges; from the first rate that trains,
     double while steps-to-target falls. The rules assume the reference rate was the best one at the
     reference batch; when it was conservative, this recovers the difference."""
     checks: list[Measured] = []
@@ -462,7 +481,6 @@ def _tune_lr(
     def steps(m: Measured) -> float:
         return math.inf if m.steps_to_target is None else m.steps_to_target
 
-    limit = max(LR_CHECK_STEPS, math.ceil(2 * predicted_steps))
     current = attempt(lr, limit)
     for _ in range(LR_CHECK_HALVINGS):
         if current is None or not current.diverged:
