@@ -173,7 +173,6 @@ def evaluate(
     data: DeviceData,
     *,
     batch_size: int,
-    limit: int | None = None,
     prefix: str = "eval_",
 ) -> tuple[float, dict[str, float]]:
     """Mean loss (and metrics, named `prefix` + name) over `data` in eval mode, weighted by chunk size."""
@@ -182,7 +181,7 @@ def evaluate(
     total, count = 0.0, 0
     sums: dict[str, float] = {}
     with torch.no_grad():
-        for x, y in data.in_order(batch_size, limit):
+        for x, y in data.in_order(batch_size):
             out = model(x)
             n = batch_len(y)
             total += float(workload.loss(out, y)) * n
