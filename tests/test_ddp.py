@@ -114,7 +114,7 @@ def test_a_killed_rank_ends_the_other_and_the_sweep_resumes(tmp_path: Path) -> N
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while time.monotonic() < deadline:
         if (tmp_path / "results.db").exists():
-            with Store(tmp_path) as store:
+            with Store(tmp_path, lock=False) as store:  # a reader beside the sweep
                 if store.count_runs("done") >= 1 and store.count_runs("running") == 1:
                     break
         time.sleep(0.05)

@@ -10,12 +10,48 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
 
 def _serve() -> None:
+    # Interrupts are the parent's to handle (it kills this server); a Ctrl-C at the terminal
+    # reaches the whole process group, and must not print a traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with(int(os.environ.get("BATCHLAB_PARENT_PID", os.getppid())))
+    try:
+        _serve_plans()
+    except BrokenPipeError:  # the parent went away: nothing left to answer
+        os._exit(0)
+
+
+def die_with(parent: int) -> None:
+    """End this process when `parent` ends, however it ends (SIGKILL included), so that no trial
+    lives on as an orphan holding memory or writing to a terminal its parent has left. Linux:
+    the kernel's parent-death signal; elsewhere, a thread that watches the parent's pid."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the signal was armed
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _serve_plans() -> None:
     import torch  # imported once here, shared by every forked trial
 
     # GNU OpenMP's thread pool does not survive fork: the server never starts it (one thread),
@@ -37,8 +73,10 @@ def _serve() -> None:
                 _answer({"failure": _last_line(exc)})
                 continue
         read_fd, write_fd = os.pipe()
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: one trial, one answer, then exit without cleanup handlers
+            die_with(server)
             os.close(read_fd)
             torch.set_num_threads(threads)
             message = _child(plan, workloads[plan.spec], trial_steps, is_out_of_memory)
@@ -78,7 +116,14 @@ def _child(plan: Any, workload: Any, trial_steps: Any, is_out_of_memory: Any) ->
 
 
 def _last_line(exc: BaseException) -> str:
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    """The error's last line and, when it came from the user's code, where (file:line, function)."""
+    from ._guard import user_frames
+
+    line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    frames = user_frames(exc.__traceback__)
+    if frames:
+        line += f" ({frames[-1].filename}:{frames[-1].lineno}, in {frames[-1].name})"
+    return line
 
 
 def _answer(message: dict[str, Any]) -> None:

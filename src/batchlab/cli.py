@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import _dist
+from . import _dist, _guard
 from ._errors import BatchlabError, bad
 from ._json import json_safe
 from ._precision import Precision
@@ -56,34 +56,87 @@ def err_console(*, error: bool = False) -> Console:
     return Console(stderr=True, quiet=not error and not _dist.is_main())
 
 
-def fail(message: str) -> typer.Exit:
+def fail(message: str, code: int = 2, *, label: str = "error:") -> typer.Exit:
     """One red line on stderr; the message is printed as it is (brackets in it are not markup)."""
     err_console(error=True).print(
-        Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+        Text.assemble((label, "bold red"), " ", message), highlight=False, soft_wrap=True
     )
-    return typer.Exit(2)
+    return typer.Exit(code)
 
 
-def guarded(func: F) -> F:
-    """Turn batchlab's own errors into one red line and exit code 2; under torchrun, a rank that
-    lost its peers says so in one line too."""
+# Commands whose --out store keeps every finished run, so that the same command resumes.
+RESUMABLE = {"train_command", "sweep_command", "study_command"}
+
+
+def guarded(func: F | None = None, *, lock: bool = True) -> Any:
+    """Every command runs inside this: it holds the output folder (`lock`), and turns batchlab's own
+    errors, failures of the user's code or of the disk, and interrupts into one line and an exit
+    code (2; 130 / 143 for SIGINT / SIGTERM; 1 for a bug of batchlab's), never a traceback. Under
+    torchrun, a rank that lost its peers says so in one line too."""
+    if func is None:
+        return functools.partial(guarded, lock=lock)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        folder = output_folder(func.__name__, kwargs)
+        command = _guard.command_line()
         try:
-            return func(*args, **kwargs)
+            with (
+                _guard.folder_lock(folder, command) if lock and folder and _dist.is_main() else nullcontext()
+            ):
+                return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
         except BatchlabError as error:
             raise fail(str(error)) from None
+        except (_guard.Interrupted, KeyboardInterrupt) as error:
+            stop = error if isinstance(error, _guard.Interrupted) else _guard.Interrupted(signal.SIGINT)
+            resumable = func.__name__ in RESUMABLE
+            line = _guard.interrupted_line(stop, command, folder, resumable=resumable)
+            raise fail(line, stop.exit_code, label="stopped:") from None
         except (RuntimeError, RankStopped) as error:
-            if not _dist.active() or not (isinstance(error, RankStopped) or _dist.lost_peer(error)):
-                raise
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut the line short
-            raise fail(
-                f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
-                "finished runs are in the store: run the same command again to resume"
-            ) from None
+            if _dist.active() and (isinstance(error, RankStopped) or _dist.lost_peer(error)):
+                signal.signal(
+                    signal.SIGTERM, signal.SIG_IGN
+                )  # torchrun's SIGTERM must not cut the line short
+                raise fail(
+                    f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
+                    "finished runs are in the store: run the same command again to resume"
+                ) from None
+            raise unexpected(error) from None
+        except Exception as error:
+            raise unexpected(error) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+def unexpected(error: BaseException) -> typer.Exit:
+    """A failure that is not batchlab's own check: the user's code, the disk, or a bug of ours."""
+    line, code, shown = _guard.describe_failure(error, debug=DEBUG[0])
+    if shown:
+        err_console(error=True).print(shown, highlight=False, markup=False, soft_wrap=True)
+    return fail(line, code)
+
+
+def output_folder(command: str, kwargs: dict[str, Any]) -> Path | None:
+    """The folder a command writes to (the study's default one included), or None."""
+    out = kwargs.get("out")
+    if command == "study_command" and out is None:
+        return Path(f"batchlab-study-{kwargs['name'].value}")
+    return out if isinstance(out, Path) else None
+
+
+DEBUG = [False]  # set by --debug, anywhere on the command line
+
+
+@app.callback()
+def options(
+    debug: bool = typer.Option(
+        False, "--debug", help="when your workload's code fails, show its traceback (your frames)"
+    ),
+) -> None:
+    """Which batch size, and which learning rate to go with it: measured on your workload."""
+    DEBUG[0] = debug
 
 
 class RankStopped(Exception):
@@ -754,7 +807,7 @@ def advice_table(data: dict[str, Any]) -> Table:
 
 
 @app.command("report")
-@guarded
+@guarded(lock=False)
 def report_command(
     out: Path = typer.Argument(..., help="a folder written by advise, sweep, memory, ..."),
 ) -> None:
@@ -928,8 +981,15 @@ def main() -> None:
             raise RankStopped("stopped by torchrun")
 
         signal.signal(signal.SIGTERM, stopped)
+    _guard.install_interrupt_handlers(sigterm=not _dist.active())
+    if "--debug" in sys.argv[2:]:  # accepted after the command's name too
+        sys.argv.remove("--debug")
+        sys.argv.insert(1, "--debug")
     try:
         app()
+    except _guard.Interrupted as stop:  # before a command began (while importing or parsing)
+        fail(f"interrupted by {stop}", stop.exit_code, label="stopped:")
+        sys.exit(stop.exit_code)
     except SystemExit as done:
         if not _dist.active():
             raise

@@ -377,6 +377,7 @@ class TrialServer:
         env = {**os.environ, **CPU_MALLOC_ENV}
         src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, *sys.path, env.get("PYTHONPATH", "")) if p)
+        env["BATCHLAB_PARENT_PID"] = str(os.getpid())  # the server ends when this process does
         self.process = subprocess.Popen(
             [sys.executable, "-m", "batchlab._trial_server"],
             stdin=subprocess.PIPE,
@@ -422,9 +423,23 @@ class TrialServer:
             confirmation=confirmation,
         )
 
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+    def __enter__(self) -> TrialServer:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.close(kill=exc_type is not None)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the server: at once with `kill` (an interrupt or an error: the trial in hand is
+        dropped, and the trial's own process dies with the server, see _trial_server.py), else
+        when it has read to the end of its input."""
+        if kill:
+            self.process.kill()
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        except BrokenPipeError:  # it had already stopped
+            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -524,13 +539,10 @@ def probe_memory(
             progress(outcome)
         return outcome
 
-    server = TrialServer()
-    try:
+    with TrialServer() as server:
         best, trials = search_max_batch(
             trial, start=start, cap=cap, granularity=granularity, budget_bytes=budget
         )
-    finally:
-        server.close()
     model = fit_memory_model(trials)
     return MemoryProfile(
         workload=workload.name,

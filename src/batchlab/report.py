@@ -219,7 +219,7 @@ def render_report(
 
 def write_report(out: Path) -> Path:
     """Draw DIR/report.html from what DIR/results.db holds: the latest advice, sweep and measurements."""
-    with Store(out) as store:
+    with Store(out, lock=False) as store:  # a reader: fine beside a running command
         advice = store.latest_result("advice")
         workload = advice["workload"] if advice else None
         sweep = store.latest_result("sweep", workload)

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
 import sqlite3
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from ._errors import BatchlabError
+from ._guard import folder_lock
 from ._json import json_safe
 
 DB_NAME = "results.db"
+
+
+class StoreError(BatchlabError):
+    """A results file that batchlab cannot use: the message names it and the fix."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,6 +58,59 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+SCHEMA_VERSION = 1  # PRAGMA user_version: raise it with any change a reader must know about
+APPLICATION_ID = 0x62746C62  # PRAGMA application_id, "btlb": marks the file as a batchlab store
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_existing(path: Path) -> None:
+    """Refuse, without writing to it, a file that is not a store this version can write."""
+    if not path.exists():
+        if path.parent.exists() and not os.access(path.parent, os.W_OK):
+            raise StoreError(f"cannot create {path}: its folder is read-only; pass another --out")
+        return
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a results store; move it away or pass another --out")
+    with path.open("rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not a batchlab results store (not an SQLite file); move it away or pass another --out"
+        )
+    if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222 or not os.access(path.parent, os.W_OK):
+        raise StoreError(f"{path} is read-only; make it and its folder writable, or pass another --out")
+    if not header:
+        return  # an empty file: SQLite makes it a new store
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as error:
+        raise StoreError(
+            f"{path} cannot be read as SQLite ({error}); move it away or pass another --out"
+        ) from None
+    # Stores written before the application id existed (id 0) are ours when their tables are.
+    ours = app_id == APPLICATION_ID or (app_id == 0 and (not tables or columns >= _OUR_COLUMNS))
+    if not ours:
+        raise StoreError(
+            f"{path} is another program's SQLite file, not a batchlab results store; "
+            "move it away or pass another --out"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer batchlab (store schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION}); upgrade batchlab (pip install -U batchlab) or pass another --out"
+        )
+
+
+_OUR_COLUMNS = {"id", "key", "kind", "workload", "config", "status", "result", "started", "finished"}
+
+
 def run_key(kind: str, config: dict[str, Any]) -> str:
     """A stable key for a run's settings: same settings, same key."""
     text = json.dumps({"kind": kind, **json_safe(config)}, sort_keys=True)
@@ -56,7 +120,10 @@ def run_key(kind: str, config: dict[str, Any]) -> str:
 class Store:
     """An open results database. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, lock: bool = True) -> None:
+        """Open (or create) the store at `path` (a folder, or a .db file). With `lock`, the folder is
+        held for this process until `close()`: another process opening it gets a one-line error.
+        A file that is not a batchlab store is refused in one line and left untouched."""
         path = Path(path)
         if path.suffix != ".db":
             path.mkdir(parents=True, exist_ok=True)
@@ -64,11 +131,20 @@ class Store:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        _check_existing(path)
+        self._lock = folder_lock(path.parent, shlex.join(sys.argv) or "python") if lock else nullcontext()
+        self._lock.__enter__()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
 
     def __enter__(self) -> Store:
         return self
@@ -77,7 +153,10 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._lock.__exit__(None, None, None)
 
     # Runs and their curves ----------------------------------------------------------------------
 

@@ -215,5 +215,16 @@ def _import_file(path: str, spec: str) -> Any:
         raise WorkloadError(f"workload {spec!r}: cannot load {path!r} as Python")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module  # child processes and pickling-free lookups find it by name
-    loader_spec.loader.exec_module(module)
+    try:
+        loader_spec.loader.exec_module(module)
+    except SyntaxError as error:  # no frame of the user's to point at: name the file and line here
+        del sys.modules[module_name]
+        code = (error.text or "").strip()
+        raise WorkloadError(
+            f"workload {spec!r}: {error.filename or path} line {error.lineno} does not parse: "
+            f"{error.msg}" + (f" ({code[:80]})" if code else "") + "; fix the file"
+        ) from None
+    except BaseException:
+        del sys.modules[module_name]
+        raise
     return module
