@@ -183,7 +183,7 @@ def test_auto_eval_resolution() -> None:
         ({"batch_size": 0}, "batch_size must be an integer >= 1 (got 0)"),
         ({"batch_size": -1}, "batch_size must be an integer >= 1 (got -1)"),
         ({"batch_size": 1439}, "batch_size must be at most the training set's size, 1438 (got 1439)"),
-        ({"batch_size": 32, "lr": 0.0}, "lr must be a finite number > 0 (got 0.0)"),
+        ({"batch_size": 32, "lr": 0.0}, "lr must be a finite number > 0 and <= 1e+30 (got 0.0)"),
         ({"batch_size": 32, "max_steps": 0}, "max_steps must be an integer >= 1 (got 0)"),
     ],
 )

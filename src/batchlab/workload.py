@@ -140,10 +140,19 @@ def check_batch_size(batch_size: object, train_size: int, *, field: str = "batch
     return batch_size
 
 
+MAX_LR = 1e30  # past ~3.4e38 an optimizer cannot even form lr x gradient in float32: it raises
+
+
 def check_lr(lr: object, *, field: str = "lr") -> float:
-    """A learning rate is a finite number greater than zero."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise bad(field, lr, "a finite number > 0", "pass --lr 0.01, say")
+    """A learning rate is a finite number greater than zero (and at most MAX_LR: a rate that large
+    diverges at once, as a result; a larger one makes the optimizer raise instead)."""
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not math.isfinite(lr)
+        or not 0 < lr <= MAX_LR
+    ):
+        raise bad(field, lr, f"a finite number > 0 and <= {MAX_LR:g}", "pass --lr 0.01, say")
     return float(lr)
 
 
@@ -167,6 +176,11 @@ def load_workload(spec: str | Workload) -> Workload:
             "'file.py:function' spec; run `batchlab workloads` to list the built-ins"
         )
     where, _, func_name = spec.rpartition(":")
+    if not where.strip() or not func_name.strip():
+        raise WorkloadError(
+            f"workload {spec!r} names no {'module or file' if not where.strip() else 'function'}; "
+            "pass 'package.module:function' or 'file.py:function'"
+        )
     module = _import_file(where, spec) if where.endswith(".py") else _import_module(where, spec)
     factory = getattr(module, func_name, None)
     if factory is None or not callable(factory):
@@ -198,7 +212,7 @@ def _with_spec(workload: Workload, spec: str) -> Workload:
 def _import_module(name: str, spec: str) -> Any:
     try:
         return importlib.import_module(name)
-    except ModuleNotFoundError as error:
+    except (ImportError, ValueError, TypeError) as error:  # missing, empty or relative names
         raise WorkloadError(
             f"workload {spec!r}: cannot import module {name!r} ({error}); "
             "check the name, or that its folder is on PYTHONPATH"
