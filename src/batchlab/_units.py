@@ -39,3 +39,14 @@ def format_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{n:.0f} B"
+
+
+def format_number(value: float, digits: int = 4) -> str:
+    """A number as people write it: 17440.3 -> '17,440', 671.94 -> '671.9', 0.001864 -> '0.001864';
+    scientific only for the very small (1.2e-05) and the astronomically large (1e+15 and up)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    magnitude = abs(value)
+    if 1000 <= magnitude < 1e15:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"

@@ -356,6 +356,7 @@ def advise(
                 rule,
                 chosen_lr / rule_lr,
                 probed_no_further=probed_no_further,
+                predicted_steps=predicted_steps,
             )
         ),
         limitations=tuple(limitations),
@@ -522,6 +523,7 @@ def _rationale(
     tuned: float = 1.0,
     *,
     probed_no_further: bool = False,
+    predicted_steps: float | None = None,
 ) -> list[str]:
     if best is None or b_noise is None:
         return [
@@ -552,8 +554,13 @@ def _rationale(
     lines.append(
         f"The model predicts the least time to target at batch {best.batch_size}: "
         f"{best.steps_to_target:.0f} steps "
-        f"of {best.step_seconds * 1e3:.2f} ms = {best.seconds_to_target:.2f} s."
+        f"of {best.step_seconds * 1e3:.3g} ms = {best.seconds_to_target:.3g} s."
     )
+    if predicted_steps is not None and round(predicted_steps) != round(best.steps_to_target):
+        lines.append(
+            f"Tuning runs trained to the target at batch {best.batch_size} in {predicted_steps:.0f} steps "
+            f"(the slower seed), so the prediction is {predicted_steps * best.step_seconds:.3g} s."
+        )
     if speedup is not None:
         lines.append(
             f"That is {speedup:.2f}x faster than the reference batch {workload.batch_size} (predicted)."

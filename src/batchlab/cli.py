@@ -26,6 +26,7 @@ from . import _dist, _guard
 from ._errors import BatchlabError, bad
 from ._json import json_safe
 from ._precision import Precision
+from ._units import format_number
 from .lr import LrRule
 from .schedule import BatchSchedule, ScheduleMode
 from .store import Store
@@ -237,11 +238,12 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return format_number(value, digits)
     return str(value)
 
 
 def render(table: Table) -> None:
+    table.caption_justify = "left"  # captions are sentences: read from the left, not centred
     Console().print(table)
 
 

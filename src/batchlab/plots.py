@@ -16,6 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.ticker import Formatter, LogFormatter, ScalarFormatter
+
+from ._units import format_bytes, format_number
 
 Figure = dict[str, Any]
 
@@ -29,8 +32,40 @@ def _figure(ncols: int = 1) -> Iterator[tuple[Any, list[Axes]]]:
         plt.close(fig)
 
 
+class _PlainNumbers(Formatter):
+    """Tick labels as people write numbers (800,000; 0.04; 1,024), not 8e5, 4x10^-2 or 2^10.
+    Which ticks get a label stays the decision of the formatter it wraps."""
+
+    def __init__(self, inner: Formatter) -> None:
+        self.inner = inner
+
+    def set_axis(self, axis: Any) -> None:
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def set_locs(self, locs: Any) -> None:
+        super().set_locs(locs)
+        self.inner.set_locs(locs)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return format_number(x) if self.inner(x, pos) else ""
+
+
+def _plain_numbers(fig: Any) -> None:
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for get, put in (
+                (axis.get_major_formatter, axis.set_major_formatter),
+                (axis.get_minor_formatter, axis.set_minor_formatter),
+            ):
+                inner = get()
+                if isinstance(inner, (ScalarFormatter, LogFormatter)):
+                    put(_PlainNumbers(inner))
+
+
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
+    _plain_numbers(fig)
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
@@ -96,12 +131,36 @@ def steps_to_target(best: list[dict[str, Any]], fit: dict[str, Any]) -> bytes:
         return _png(fig)
 
 
+def memory_scale(profile: dict[str, Any]) -> tuple[float, bool]:
+    """The memory plot's top (MiB) and whether the limit is off the scale: a limit more than twice
+    the highest point or model value is written, not drawn, and the axis ends 30% above the data."""
+    mib = 1024**2
+    limit = (profile["limit_bytes"] - profile.get("reserve_bytes", 0)) / mib
+    values = [t["peak_bytes"] / mib for t in profile["trials"] if t["fits"] and t["peak_bytes"]]
+    if profile.get("per_sample_bytes") is not None:
+        top_batch = max([t["batch_size"] for t in profile["trials"]] + [1])
+        values.append((profile["fixed_bytes"] + profile["per_sample_bytes"] * top_batch) / mib)
+    highest = max(values, default=limit)
+    return (highest * 1.3, True) if limit > 2 * highest else (limit, False)
+
+
 def memory(profile: dict[str, Any]) -> bytes:
-    """Peak memory against batch size for each trial, the fitted model, and the limit."""
+    """Peak memory against batch size for each trial, the fitted model, and the limit. A limit far
+    above every point (the machine's memory, on a CPU) is written on the plot, not drawn: drawn,
+    it would flatten the points onto the axis."""
     mib = 1024**2
     with _figure() as (fig, (ax,)):
         fits = [t for t in profile["trials"] if t["fits"] and t["peak_bytes"]]
         fails = [t for t in profile["trials"] if not t["fits"]]
+        limit = (profile["limit_bytes"] - profile.get("reserve_bytes", 0)) / mib
+        top_batch = max([t["batch_size"] for t in profile["trials"]] + [1])
+        model = None
+        if profile.get("per_sample_bytes") is not None:
+            model = [
+                profile["fixed_bytes"] / mib,
+                (profile["fixed_bytes"] + profile["per_sample_bytes"] * top_batch) / mib,
+            ]
+        ceiling, far = memory_scale(profile)
         ax.plot(
             [t["batch_size"] for t in fits],
             [t["peak_bytes"] / mib for t in fits],
@@ -109,29 +168,38 @@ def memory(profile: dict[str, Any]) -> bytes:
             color="tab:green",
             label="fits",
         )
-        limit = (profile["limit_bytes"] - profile.get("reserve_bytes", 0)) / mib
         ax.plot(
-            [t["batch_size"] for t in fails], [limit] * len(fails), "x", color="tab:red", label="does not fit"
+            [t["batch_size"] for t in fails],
+            [ceiling] * len(fails),
+            "x",
+            color="tab:red",
+            label="does not fit",
         )
-        ax.axhline(limit, color="tab:red", linestyle=":", label="limit")
-        if profile.get("per_sample_bytes") is not None:
-            top = max([t["batch_size"] for t in profile["trials"]] + [1])
-            ax.plot(
-                [0, top],
-                [
-                    profile["fixed_bytes"] / mib,
-                    (profile["fixed_bytes"] + profile["per_sample_bytes"] * top) / mib,
-                ],
-                color="grey",
-                linewidth=1,
-                label="fixed + per-sample x B",
+        if far:
+            ax.set_ylim(0, ceiling * 1.08)
+            ax.text(
+                0.02,
+                0.97,
+                f"limit {format_bytes(profile['limit_bytes'] - profile.get('reserve_bytes', 0))}: "
+                "far above (off the scale)",
+                transform=ax.transAxes,
+                va="top",
+                color="tab:red",
+                fontsize=8,
             )
+        else:
+            ax.axhline(limit, color="tab:red", linestyle=":", label="limit")
+        if model is not None:
+            ax.plot([0, top_batch], model, color="grey", linewidth=1, label="fixed + per-sample x B")
         if profile.get("max_batch_size"):
             ax.axvline(profile["max_batch_size"], color="black", linestyle="--", linewidth=1)
         ax.set_xlabel("batch size")
         ax.set_ylabel("peak memory (MiB)")
-        ax.set_title(f"memory: largest batch {profile.get('max_batch_size')}")
-        ax.legend(fontsize=7)
+        if profile.get("probed_no_further"):
+            ax.set_title(f"memory: batch {profile.get('max_batch_size')} fits (probed no further)")
+        else:
+            ax.set_title(f"memory: largest batch {profile.get('max_batch_size')}")
+        ax.legend(fontsize=7, loc="lower right")
         return _png(fig)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
+from ._units import format_number
 from .store import Store
 
 STYLE = """
@@ -18,7 +19,8 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 .answer { font-size: 1.3em; background: #eef6ee; padding: .8em 1em; border-radius: 6px; }
 table { border-collapse: collapse; margin: .5em 0; font-size: 13px; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f5f5f5; }
-img { max-width: 100%; } .note { color: #666; font-size: 13px; } li { margin: .2em 0; }
+img { max-width: 100%; } .wide { overflow-x: auto; max-width: 100%; }
+.note { color: #666; font-size: 13px; } li { margin: .2em 0; } .settings td { text-align: left; }
 """
 
 
@@ -29,8 +31,10 @@ def esc(value: Any) -> str:
 def num(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return esc(f"{value:.{digits}g}")
+    if isinstance(value, bool):
+        return esc(value)
+    if isinstance(value, float) or (isinstance(value, int) and abs(value) >= 10_000):
+        return esc(format_number(value, digits))
     return esc(value)
 
 
@@ -40,9 +44,32 @@ def figure(png: bytes, alt: str) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{num(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    """A table in a box that scrolls by itself when it is wider than the page; headers read as
+    words ("final eval loss", not "final_eval_loss"), yes/no for booleans."""
+    head = "".join(f"<th>{esc(h.replace('_', ' '))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list, tuple)):
+        return esc(format_value(value))
+    return num(value)
+
+
+def format_value(value: Any) -> str:
+    """A setting as words: {"batch_size": 32, "lr": 0.05} -> "batch size 32, lr 0.05"; a list of
+    such -> their texts joined by "; "."""
+    if isinstance(value, float):
+        return format_number(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {format_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        joiner = "; " if any(isinstance(v, dict) for v in value) else ", "
+        return joiner.join(format_value(v) for v in value)
+    return str(value)
 
 
 def advice_section(advice: dict[str, Any], sweep: dict[str, Any] | None) -> list[str]:
@@ -168,7 +195,7 @@ def sweep_section(sweep: dict[str, Any]) -> list[str]:
     return [
         "<h2>Convergence sweep</h2>",
         f"<p>{esc(caption)}</p>",
-        f"<p class=\"note\">{esc(fit['note'])}</p>" if fit.get("note") else "",
+        f'<p class="note">{esc(fit["note"])}</p>' if fit.get("note") else "",
         figure(plots.steps_to_target(sweep["best"], fit), "steps to target"),
         figure(plots.loss_curves(best_runs, sweep["target"]), "loss curves"),
         table(
@@ -207,6 +234,8 @@ def render_report(
     if advice:
         parts += advice_section(advice, sweep)
         memory, throughput, noise = advice.get("memory"), advice.get("throughput"), advice.get("noise")
+        if memory and advice.get("max_batch_size_is_lower_bound"):
+            memory = {**memory, "probed_no_further": True}
     parts += measurement_sections(memory, throughput, noise)
     if sweep:
         parts += sweep_section(sweep)
@@ -283,8 +312,11 @@ def render_study(study: dict[str, Any]) -> str:
     headers = list(dict.fromkeys(k for r in rows for k in r if k != "group"))
     parts.append(table(headers, [[r.get(h) for h in headers] for r in rows]))
     parts.append(
-        "<h2>Settings</h2><table>"
-        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in study["settings"].items())
+        '<h2>Settings</h2><table class="settings">'
+        + "".join(
+            f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{cell(v)}</td></tr>"
+            for k, v in study["settings"].items()
+        )
         + f"</table><p class='note'>Ran in {num(study['seconds'], 3)} s.</p>"
     )
     body = "\n".join(parts)
