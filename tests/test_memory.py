@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from batchlab import WorkloadError
 from batchlab.memory import (
     MemoryTrial,
+    Pace,
     TrialPlan,
     TrialServer,
     fit_memory_model,
@@ -45,7 +47,7 @@ def test_search_jumps_to_the_predicted_edge() -> None:
     """With a linear memory model the search goes 1, 64, edge, edge+1, confirm: five trials."""
     tried: list[int] = []
     trial = synthetic(300 * MiB, 1 * MiB, 300 * MiB + 777 * MiB + 1000, tried)
-    best, trials = search_max_batch(
+    best, trials, _ = search_max_batch(
         trial, start=1, cap=10_000, granularity=1, budget_bytes=300 * MiB + 777 * MiB + 1000
     )
     assert best == 777
@@ -57,13 +59,13 @@ def test_search_respects_granularity_and_cap() -> None:
     """With granularity 8 every size tried is a multiple of 8; a cap that fits ends the search."""
     tried: list[int] = []
     limit = 100 * MiB + 501 * 4096
-    best, _ = search_max_batch(
+    best, _, _ = search_max_batch(
         synthetic(100 * MiB, 4096, limit, tried), start=8, cap=10_000, granularity=8, budget_bytes=limit
     )
     assert best == 496
     assert all(b % 8 == 0 for b in tried)
     tried.clear()
-    best, _ = search_max_batch(
+    best, _, _ = search_max_batch(
         synthetic(100 * MiB, 4096, limit, tried), start=1, cap=300, granularity=1, budget_bytes=limit
     )
     assert (best, tried) == (300, [1, 64, 300, 300])
@@ -71,7 +73,7 @@ def test_search_respects_granularity_and_cap() -> None:
 
 def test_nothing_fits() -> None:
     tried: list[int] = []
-    best, _ = search_max_batch(
+    best, _, _ = search_max_batch(
         synthetic(10 * MiB, MiB, 5 * MiB, tried), start=1, cap=100, granularity=1, budget_bytes=5 * MiB
     )
     assert best is None and tried == [1]
@@ -223,7 +225,7 @@ def test_search_bound_and_answer_on_replayed_curves(curve: str, limit_mib: int, 
             confirmation=confirmation,
         )
 
-    best, _ = search_max_batch(trial, start=1, cap=7137, granularity=1, budget_bytes=limit)
+    best, _, _ = search_max_batch(trial, start=1, cap=7137, granularity=1, budget_bytes=limit)
     long_edge = max((b for b in range(1, 7138) if peak(b) + creep <= limit), default=None)
     if long_edge is None:
         assert best is None
@@ -233,3 +235,54 @@ def test_search_bound_and_answer_on_replayed_curves(curve: str, limit_mib: int, 
     if creep == 0:
         assert best == long_edge
     assert len(tried) <= math.ceil(math.log2(max(best, 2))) + 4
+
+
+def timed(per_sample_seconds: float, tried: list[int]):  # type: ignore[no-untyped-def]
+    """The synthetic trial of an edge at 777 (300 MiB + 1 MiB a sample), whose steps take
+    `per_sample_seconds` a sample."""
+    inner = synthetic(300 * MiB, MiB, 300 * MiB + 777 * MiB + 1000, tried)
+
+    def trial(batch_size: int, confirmation: bool) -> MemoryTrial:
+        return replace(inner(batch_size, confirmation), step_seconds=per_sample_seconds * batch_size)
+
+    return trial
+
+
+def paced_search(per_sample_seconds: float, pace: Pace, tried: list[int]):  # type: ignore[no-untyped-def]
+    budget = 300 * MiB + 777 * MiB + 1000
+    trial = timed(per_sample_seconds, tried)
+    return search_max_batch(trial, start=1, cap=10_000, granularity=1, budget_bytes=budget, pace=pace)
+
+
+def test_a_pace_stops_the_search_at_a_batch_that_fits_and_says_why() -> None:
+    """Steps of 1 ms a sample and at most 0.5 s a step: no trial past batch 500; the search runs
+    1, 64, then 500 (not the edge at 777), stops there with the reason, and confirms nothing."""
+    tried: list[int] = []
+    best, trials, stopped = paced_search(1e-3, Pace(seconds=1e9, max_step_seconds=0.5), tried)
+    assert (best, tried) == (500, [1, 64, 500])
+    assert stopped == "a step at batch 500 took 0.50 s (limit 0.5 s)"
+    assert not any(t.confirmation for t in trials)
+
+
+def test_a_pace_with_time_left_finds_the_edge_as_without_one() -> None:
+    tried: list[int] = []
+    best, _, stopped = paced_search(1e-6, Pace(seconds=1e9, max_step_seconds=10.0), tried)
+    assert (best, stopped) == (777, None)
+
+
+def test_a_spent_budget_answers_the_first_batch_as_a_lower_bound() -> None:
+    tried: list[int] = []
+    best, _, stopped = paced_search(1e-6, Pace(0.0, 1.0), tried)
+    assert (best, tried, stopped) == (1, [1], "the 0 s budget ran out")
+
+
+def test_a_probe_with_a_pace_reports_its_lower_bound(tmp_path: Path) -> None:
+    """Through the trial server: the slow workload's steps take at least 50 ms (a sleep), so a
+    limit of 20 ms a step stops the probe at its first batch, as a lower bound."""
+    slow = Path(__file__).parent / "data" / "failing_workloads.py"
+    profile = probe_memory(
+        f"{slow}:slow", device="cpu", limit_bytes=2**31, pace=Pace(seconds=1e9, max_step_seconds=0.02)
+    )
+    assert profile.max_batch_size == 1 and profile.is_lower_bound
+    assert profile.trials[0].step_seconds is not None and profile.trials[0].step_seconds >= 0.05
+    assert profile.stopped_because is not None and "a step at batch 1 took" in profile.stopped_because

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from batchlab import ConfigError, load_workload, train
+from batchlab import ConfigError, load_workload, strategies, train
 from batchlab.memory import TrialPlan, TrialServer
 
 DATA = Path(__file__).parent / "data" / "memory_workloads.py"
@@ -78,3 +79,26 @@ def test_cli_strategies_json() -> None:
         assert {"strategy", "max_batch_size", "per_sample_bytes", "samples_per_second"} <= set(row)
     assert rows["fp32"]["max_batch_size"] == 8192 and rows["fp32"]["samples_per_second"] > 0
     assert rows["checkpoint"]["max_batch_size"] is None and "no `blocks`" in rows["checkpoint"]["note"]
+
+
+@pytest.mark.parametrize(
+    ("bf16_speed", "has_bf16", "says"),
+    [
+        (300.0, True, "bf16 emulated on this CPU: 3.3x slower than fp32"),
+        (800.0, True, "1.25x slower than fp32 here: saves memory, not time"),
+        (800.0, False, "bf16 emulated on this CPU: 1.2x slower than fp32"),
+        (1200.0, True, None),
+    ],
+)
+def test_a_slow_bf16_is_called_what_it_is(
+    monkeypatch: pytest.MonkeyPatch, bf16_speed: float, has_bf16: bool, says: str | None
+) -> None:
+    """Under half fp32's speed, or on a CPU whose flags show no bf16 instructions, bf16 is
+    emulated; slower but not that slow, it saves memory, not time; faster, nothing is said."""
+    monkeypatch.setattr(strategies, "cpu_has_bf16", lambda: has_bf16)
+    rows = [
+        strategies.StrategyRow(strategy="fp32", samples_per_second=1000.0),
+        strategies.StrategyRow(strategy="bf16", precision="bf16", samples_per_second=bf16_speed, note="x"),
+    ]
+    note = strategies._with_bf16_verdict(rows, torch.device("cpu"))[1].note
+    assert note == ("x" if says is None else f"x; {says}")

@@ -107,8 +107,8 @@ def _child(plan: Any, workload: Any, trial_steps: Any, is_out_of_memory: Any) ->
     import torch
 
     try:
-        peak, steps, error = trial_steps(workload, plan, torch.device(plan.device))
-        return {"peak_bytes": peak, "steps": steps, "error": error}
+        peak, steps, error, step_seconds = trial_steps(workload, plan, torch.device(plan.device))
+        return {"peak_bytes": peak, "steps": steps, "error": error, "step_seconds": step_seconds}
     except BaseException as exc:  # classified here: out-of-memory, or the workload's own failure
         if is_out_of_memory(exc):
             return {"peak_bytes": None, "steps": 0, "error": "out_of_memory"}

@@ -423,6 +423,11 @@ def memory_command(
     strategies: bool = typer.Option(
         False, "--strategies", help="compare precision, checkpointing, accumulation"
     ),
+    strategy_seconds: float = typer.Option(
+        45.0,
+        "--strategy-seconds",
+        help="--strategies: time for each strategy's search; past it a row says 'at least N' (0: no limit)",
+    ),
     out: Path = typer.Option(None, "--out", help="folder for results.db and memory.json"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -451,11 +456,16 @@ def memory_command(
     if strategies:
         from .strategies import compare_strategies
 
+        if not strategy_seconds >= 0 or strategy_seconds == float("inf"):
+            raise bad(
+                "--strategy-seconds", strategy_seconds, "a finite number >= 0", "pass 45, or 0 for none"
+            )
         report = compare_strategies(
             wl,
             device=device,
             limit_bytes=limit,
             reserve_bytes=reserve_bytes,
+            seconds_per_strategy=strategy_seconds or None,
             progress=None if as_json else lambda text: console.print(text, style="bold"),
             on_trial=show,
         )
@@ -487,13 +497,15 @@ def strategies_table(data: dict[str, Any]) -> Table:
         title=f"{data['workload']} on {data['device']}: memory strategies, limit "
         f"{format_bytes(data['limit_bytes'])}"
     )
-    for column in ("strategy", "largest batch", "per sample", "samples/s", "note"):
+    for column in ("strategy", "largest batch", "per sample", "samples/s"):
         table.add_column(column, justify="right")
+    table.add_column("note", justify="left", ratio=1)
     for r in data["strategies"]:
         per_sample = "-" if r["per_sample_bytes"] is None else format_bytes(r["per_sample_bytes"])
-        table.add_row(
-            r["strategy"], fmt(r["max_batch_size"]), per_sample, fmt(r["samples_per_second"], 4), r["note"]
-        )
+        largest = fmt(r["max_batch_size"])
+        if r.get("is_lower_bound"):
+            largest = f"at least {largest}"
+        table.add_row(r["strategy"], largest, per_sample, fmt(r["samples_per_second"], 4), r["note"])
     table.caption = f"samples/s timed at batch {data['common_batch_size']} for every strategy"
     return table
 

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -77,6 +77,7 @@ class MemoryTrial:
     steps: int
     error: str | None = None  # "out_of_memory", "over_limit" or "killed" when it did not fit
     confirmation: bool = False
+    step_seconds: float | None = None  # its fastest whole step (training + evaluation), when timed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +100,9 @@ class MemoryProfile:
     trials: tuple[MemoryTrial, ...]
     seconds: float
     world_size: int = 1  # under torchrun: max_batch_size is per device; the global batch is W times it
+    # With a time budget: the search stopped at a batch that fits, before finding the edge.
+    is_lower_bound: bool = False
+    stopped_because: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -142,15 +146,62 @@ def fit_memory_model(trials: list[MemoryTrial], *, from_batch: int = 0) -> tuple
     return mean_p - slope * mean_b, slope
 
 
+@dataclass
+class Pace:
+    """A time budget for one search: `seconds` in all, and no trial whose steps are predicted to
+    take longer than `max_step_seconds` each. Step time is extrapolated linearly in the batch from
+    the last timed trial that fit; at small batches a step is mostly fixed overhead, so this
+    over-predicts, and the search stops early rather than late. A search that stops on its pace
+    answers "at least N", N a batch that fit, with the reason."""
+
+    seconds: float
+    max_step_seconds: float
+    started: float = field(default_factory=time.perf_counter)
+    trial_steps: int = MIN_STEPS + 2  # what one more trial costs, in steps (and its setup)
+
+    def largest(self, trials: list[MemoryTrial]) -> tuple[int | None, str]:
+        """The largest batch the next trial may try (None: no limit known yet), and why."""
+        left = self.seconds - (time.perf_counter() - self.started)
+        if left <= 0:
+            return 0, f"the {self.seconds:g} s budget ran out"
+        timed = [t for t in trials if t.fits and t.step_seconds and not t.confirmation]
+        if not timed:
+            return None, ""
+        last = max(timed, key=lambda t: t.batch_size)
+        per_sample = last.step_seconds / last.batch_size  # type: ignore[operator]
+        by_step = int(self.max_step_seconds / per_sample)
+        by_time = int(left / self.trial_steps / per_sample)
+        if by_step <= by_time:
+            return by_step, (
+                f"a step at batch {last.batch_size} took {last.step_seconds:.2f} s "
+                f"(limit {self.max_step_seconds:g} s)"
+            )
+        return by_time, f"a larger batch would overrun the {self.seconds:g} s budget"
+
+
 class _Search:
     """The state of one search: what fit, what failed, and what to try next."""
 
-    def __init__(self, trial: Trial, *, start: int, cap: int, granularity: int, budget: float) -> None:
+    def __init__(
+        self, trial: Trial, *, start: int, cap: int, granularity: int, budget: float, pace: Pace | None = None
+    ) -> None:
         self.trial, self.cap, self.g, self.budget = trial, cap, granularity, budget
         self.start = start
+        self.pace = pace
         self.trials: list[MemoryTrial] = []
         self.best: int | None = None  # largest size that fit
         self.bad: int | None = None  # smallest size that did not
+        self.stopped: str | None = None  # why the search stopped at a lower bound, if it did
+
+    def affordable(self, size: int) -> bool:
+        """Whether the pace allows a trial at `size`; if not, the search stops at its best so far."""
+        if self.pace is None or self.stopped is not None:
+            return self.stopped is None
+        largest, reason = self.pace.largest(self.trials)
+        if largest is None or size <= largest:
+            return True
+        self.stopped = reason
+        return False
 
     def run(self, batch_size: int, *, confirmation: bool = False) -> MemoryTrial:
         outcome = self.trial(batch_size, confirmation)
@@ -202,7 +253,17 @@ class _Search:
                 jumps += 1
             else:  # the last jump undershot: aim past the edge to bracket it
                 guess = edge + max(self.g, edge // 100)
-            self.run(min(self.cap, max(self._floor(guess), self.best + self.g)))
+            size = min(self.cap, max(self._floor(guess), self.best + self.g))
+            if self.pace is not None:  # within the pace: a shorter jump, or none worth making
+                largest, _ = self.pace.largest(self.trials)
+                if largest is not None and largest < size:
+                    size = self._floor(largest)
+                    if size < self.best * 1.1 + self.g:  # under 10% more: not worth a trial
+                        self.affordable(size + self.cap)  # records the reason
+                        return
+            if not self.affordable(size):
+                return
+            self.run(size)
 
     def narrow(self) -> None:
         guided = 2  # trust the model for two trials once it explains the failure; then bisect
@@ -222,6 +283,8 @@ class _Search:
             else:
                 candidate = self._floor((best + bad) // 2)
             candidate = min(max(candidate, best + self.g), bad - self.g)
+            if not self.affordable(candidate):
+                return
             self.run(candidate)
 
     def confirm(self) -> None:
@@ -231,7 +294,7 @@ class _Search:
         samples with the local slope, and the answer steps down by that much and is confirmed
         again: one trial per failure, rather than a search from scratch.
         """
-        while self.best is not None:
+        while self.best is not None and self.stopped is None:  # (a paced stop is a lower bound as is)
             size = self.best
             outcome = self.run(size, confirmation=True)
             if outcome.fits:
@@ -262,16 +325,23 @@ class _Search:
 
 
 def search_max_batch(
-    trial: Trial, *, start: int, cap: int, granularity: int, budget_bytes: float
-) -> tuple[int | None, list[MemoryTrial]]:
-    """The largest multiple of `granularity` (or `start`) up to `cap` whose trial fits, and every trial."""
-    search = _Search(trial, start=start, cap=cap, granularity=granularity, budget=budget_bytes)
+    trial: Trial,
+    *,
+    start: int,
+    cap: int,
+    granularity: int,
+    budget_bytes: float,
+    pace: Pace | None = None,
+) -> tuple[int | None, list[MemoryTrial], str | None]:
+    """The largest multiple of `granularity` (or `start`) up to `cap` whose trial fits, every
+    trial, and, when the pace stopped the search first, why (the answer is then a lower bound)."""
+    search = _Search(trial, start=start, cap=cap, granularity=granularity, budget=budget_bytes, pace=pace)
     if not search.run(start).fits:
-        return None, search.trials
+        return None, search.trials, None
     search.grow()
     search.narrow()
     search.confirm()
-    return search.best, search.trials
+    return search.best, search.trials, search.stopped
 
 
 # Trials in child processes --------------------------------------------------------------------
@@ -315,8 +385,11 @@ class TrialPlan:
     checkpoint: bool = False
 
 
-def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tuple[int, int, str | None]:
-    """Run training steps at the plan's batch size until the peak settles; (peak, steps, error)."""
+def trial_steps(
+    workload: Workload, plan: TrialPlan, device: torch.device
+) -> tuple[int, int, str | None, float | None]:
+    """Run training steps at the plan's batch size until the peak settles; (peak, steps, error,
+    seconds of its fastest step)."""
     from ._step import backward
     from .train import fresh_model
 
@@ -338,7 +411,9 @@ def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tu
     x, y = _gather(workload, indices, device)
     stable_bytes = 0 if cuda else CPU_STABLE_BYTES
     peaks: list[int] = []
+    durations: list[float] = []
     for _ in range(plan.max_steps):
+        began = time.perf_counter()
         model.train()
         optimizer.zero_grad(set_to_none=True)
         backward(model, workload.loss, (x, y), micro_batches=1, amp=amp)
@@ -352,12 +427,14 @@ def trial_steps(workload: Workload, plan: TrialPlan, device: torch.device) -> tu
             peaks.append(int(torch.cuda.max_memory_reserved(device)))
         else:
             peaks.append(_peak_rss_bytes())
+        durations.append(time.perf_counter() - began)
         if peaks[-1] > plan.limit_bytes:
-            return peaks[-1], len(peaks), "over_limit"
+            return peaks[-1], len(peaks), "over_limit", None
         settled = len(peaks) > STABLE_WINDOW and peaks[-1] - peaks[-1 - STABLE_WINDOW] <= stable_bytes
         if len(peaks) >= plan.min_steps and settled:
             break
-    return peaks[-1], len(peaks), None
+    # The fastest step after the first (which allocates and warms up): the step's own cost.
+    return peaks[-1], len(peaks), None, min(durations[1:] or durations)
 
 
 def _gather(workload: Workload, indices: torch.Tensor, device: torch.device) -> tuple[Any, Any]:
@@ -421,6 +498,7 @@ class TrialServer:
             steps=message["steps"],
             error=error,
             confirmation=confirmation,
+            step_seconds=message.get("step_seconds"),
         )
 
     def __enter__(self) -> TrialServer:
@@ -468,8 +546,11 @@ def probe_memory(
     precision: str = "fp32",
     checkpoint: bool = False,
     progress: Callable[[MemoryTrial], None] | None = None,
+    pace: Pace | None = None,
 ) -> MemoryProfile:
     """The largest batch whose whole training step fits under `limit_bytes - reserve_bytes`.
+    With `pace`, the search stops where its time budget says, answering "at least N" (the
+    profile's `is_lower_bound` and `stopped_because`).
 
     `limit_bytes` defaults to the memory available on the CPU, the device's memory on CUDA.
     The answer is at most `max_batch_size` and the training set's size; with `granularity` G it
@@ -539,9 +620,11 @@ def probe_memory(
             progress(outcome)
         return outcome
 
+    if pace is not None:
+        pace = replace(pace, started=time.perf_counter())
     with TrialServer() as server:
-        best, trials = search_max_batch(
-            trial, start=start, cap=cap, granularity=granularity, budget_bytes=budget
+        best, trials, stopped = search_max_batch(
+            trial, start=start, cap=cap, granularity=granularity, budget_bytes=budget, pace=pace
         )
     model = fit_memory_model(trials)
     return MemoryProfile(
@@ -558,6 +641,8 @@ def probe_memory(
         trials=tuple(trials),
         seconds=time.perf_counter() - began,
         world_size=_dist.world_size(),
+        is_lower_bound=stopped is not None and best is not None,
+        stopped_because=stopped,
     )
 
 

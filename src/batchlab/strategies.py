@@ -10,7 +10,7 @@ micro-batch) x K at the per-sample speed of its micro-batches; it is timed at th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -20,12 +20,16 @@ from ._device import resolve_device
 from ._errors import ConfigError
 from ._json import json_safe
 from ._precision import Precision
-from .memory import MemoryTrial, probe_memory
+from .memory import MemoryProfile, MemoryTrial, Pace, probe_memory
 from .throughput import profile_throughput
 from .train import fresh_model
 from .workload import Workload, load_workload
 
 TIMED_BATCH_CEILING = 64  # a step of the common batch stays affordable under bf16 emulation on a CPU
+STRATEGY_SECONDS = 45.0  # each strategy's memory search: five fit in under 5 minutes on a CPU
+STEPS_IN_BUDGET = 20  # no step may take more than a 20th of the budget: a trial is ~6 steps, and
+# a search needs a few trials
+EMULATED_BELOW = 0.5  # bf16 at under half fp32's speed: no bf16 arithmetic in this CPU's hardware
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +39,7 @@ class StrategyRow:
     checkpoint: bool = False
     accumulation: int = 1
     max_batch_size: int | None = None  # for accumulation: the effective batch reached
+    is_lower_bound: bool = False  # the time budget stopped the search: "at least max_batch_size"
     per_sample_bytes: float | None = None
     samples_per_second: float | None = None
     timed_batch_size: int | None = None
@@ -71,12 +76,17 @@ def compare_strategies(
     limit_bytes: int | None = None,
     reserve_bytes: int = 0,
     accumulation: int = 4,
+    seconds_per_strategy: float | None = STRATEGY_SECONDS,
     progress: Callable[[str], None] | None = None,
     on_trial: Callable[[MemoryTrial], None] | None = None,
 ) -> StrategyReport:
     """Probe memory and time a step under each strategy that applies to this model and device.
     Under torchrun the batch sizes are per device (the probe's answer on every rank) and the speeds
-    are data-parallel samples/s at that per-device batch on all ranks."""
+    are data-parallel samples/s at that per-device batch on all ranks.
+
+    Each strategy's search has `seconds_per_strategy` (None: no limit), and no trial whose steps
+    would each take more than a STEPS_IN_BUDGET-th of it: where that stops a search first, its row
+    says "at least N" and why (a CPU emulating bf16 takes seconds a step at large batches)."""
     workload = load_workload(workload)
     _dist.init_from_env()
     world = _dist.world_size()
@@ -99,6 +109,9 @@ def compare_strategies(
             precision=precision.value,
             checkpoint=checkpoint,
             progress=on_trial,
+            pace=None
+            if seconds_per_strategy is None
+            else Pace(seconds_per_strategy, seconds_per_strategy / STEPS_IN_BUDGET),
         )
     answers = [p.max_batch_size for p in profiles.values() if p.max_batch_size]
     common = min([*answers, max(workload.batch_size, TIMED_BATCH_CEILING)]) if answers else None
@@ -124,12 +137,14 @@ def compare_strategies(
                 checkpoint=checkpoint,
                 accumulation=1,
                 max_batch_size=profile.max_batch_size,
+                is_lower_bound=profile.is_lower_bound,
                 per_sample_bytes=profile.per_sample_bytes,
                 samples_per_second=speed,
                 timed_batch_size=common,
-                note="the whole training set fits" if profile.capped_by_dataset else "",
+                note=_note(profile),
             )
         )
+    rows = _with_bf16_verdict(rows, dev)
     rows.append(
         _accumulation_row(workload, profiles["fp32"].max_batch_size, common, accumulation, dev, say, world)
     )
@@ -150,6 +165,47 @@ def compare_strategies(
         strategies=tuple(rows),
         world_size=world,
     )
+
+
+def _note(profile: MemoryProfile) -> str:
+    if profile.capped_by_dataset:
+        return "the whole training set fits"
+    if profile.is_lower_bound:
+        return f"stopped: {profile.stopped_because}"
+    return ""
+
+
+def _with_bf16_verdict(rows: list[StrategyRow], dev: torch.device) -> list[StrategyRow]:
+    """Say in the bf16 rows when bf16 is slower than fp32 here: under EMULATED_BELOW of its speed
+    (or on a CPU whose flags show no bf16 instructions), the arithmetic is emulated."""
+    speed = {r.strategy: r.samples_per_second for r in rows}
+    out = []
+    for row in rows:
+        base_name = "fp32" if row.strategy == "bf16" else "checkpoint"
+        base = speed.get(base_name)
+        if row.precision != "bf16" or not base or not row.samples_per_second:
+            out.append(row)
+            continue
+        ratio = row.samples_per_second / base
+        verdict = ""
+        if ratio < EMULATED_BELOW or (dev.type == "cpu" and cpu_has_bf16() is False):
+            verdict = f"bf16 emulated on this CPU: {1 / ratio:.1f}x slower than {base_name}"
+        elif ratio < 1:
+            verdict = f"{1 / ratio:.2f}x slower than {base_name} here: saves memory, not time"
+        note = "; ".join(n for n in (row.note, verdict) if n)
+        out.append(replace(row, note=note))
+    return out
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX), from /proc/cpuinfo; None
+    where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _accumulation_row(
