@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench gpu-check lint clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Every CUDA path, with Lightning's and Accelerate's finders beside it. On a GPU machine whose
+# python3 already holds torch and the rest (nothing can be fetched there), that python3 runs it;
+# elsewhere the venv does, with the [peers] extra where CUDA is. Without CUDA: one line, exit 0.
+gpu-check:
+	@if python3 -c "import torch, typer, rich, sklearn, matplotlib" 2>/dev/null; then \
+		PYTHONPATH=src python3 bench/gpu_check.py; \
+	else \
+		$(MAKE) -s $(STAMP); \
+		if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+			$(BIN)/python -m pip install -q -e '.[peers]' || echo "gpu-check: peers not installed"; \
+		fi; \
+		$(BIN)/python bench/gpu_check.py; \
+	fi
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

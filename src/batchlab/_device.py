@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -16,7 +15,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         if torch.cuda.is_available():  # under torchrun, each rank its own GPU
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            from ._dist import cuda_index
+
+            return torch.device("cuda", cuda_index())
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")

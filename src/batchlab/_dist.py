@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ._errors import bad
+
 # A collective waiting longer than this raises: a backstop for hangs torchrun cannot see. A rank that
 # dies is noticed sooner: its peers' sockets close (gloo raises at once) and torchrun stops the rest.
 # It must outlast the longest honest wait: ranks probing memory wait for each other's trials, and a
@@ -35,10 +37,17 @@ def init_from_env() -> None:
         return
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(
-        backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=TIMEOUT_SECONDS)
-    )
+        torch.cuda.set_device(cuda_index())
+    backend = os.environ.get("BATCHLAB_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise bad("BATCHLAB_DIST_BACKEND", backend, "nccl or gloo", "unset it for the default")
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=TIMEOUT_SECONDS))
+
+
+def cuda_index() -> int:
+    """This rank's GPU: LOCAL_RANK, wrapped around the GPUs there are (more ranks than GPUs share
+    them, which gloo allows and NCCL does not: BATCHLAB_DIST_BACKEND=gloo)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
 
 
 def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
