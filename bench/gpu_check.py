@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine
 
 LIMIT = "4GiB"
+DEVICE = "cuda"  # the tests point the checks that a CPU can run at "cpu"
 FOLLOW_STEPS = 200  # steps at an answer, in a fresh process, that must not run out of memory
 CHECK_TIMEOUT = 900  # seconds for any one command
 SRC = Path(__file__).parents[1] / "src"
@@ -147,7 +148,7 @@ def fresh_steps(workload: str, batch_size: int, steps: int, limit: str = LIMIT) 
 
 def memory_check(workload: str) -> Check:
     def check() -> dict[str, Any]:
-        run = batchlab("memory", "--workload", workload, "--device", "cuda", "--memory-limit", LIMIT)
+        run = batchlab("memory", "--workload", workload, "--device", DEVICE, "--memory-limit", LIMIT)
         data = run["data"]
         answer = data["max_batch_size"]
         out = {"answer": answer, "trials": data["trial_count"], "seconds": round(run["seconds"], 1)}
@@ -278,7 +279,7 @@ def _raise_oom() -> bool:
 
 def precision_check(precision: str) -> Check:
     def check() -> dict[str, Any]:
-        run = batchlab("train", "--workload", "digits-cnn", "--device", "cuda", "--precision", precision,
+        run = batchlab("train", "--workload", "digits-cnn", "--device", DEVICE, "--precision", precision,
                        "--until-target")  # fmt: skip
         data = run["data"]
         if not data["reached_target"]:
@@ -292,14 +293,14 @@ def precision_check(precision: str) -> Check:
 
 def strategies_check() -> dict[str, Any]:
     run = batchlab(
-        "memory", "--workload", "charlm", "--device", "cuda", "--memory-limit", LIMIT, "--strategies"
+        "memory", "--workload", "charlm", "--device", DEVICE, "--memory-limit", LIMIT, "--strategies"
     )
     rows = {r["strategy"]: r["max_batch_size"] for r in run["data"]["strategies"]}
     return {**rows, "seconds": round(run["seconds"], 1)}
 
 
 def throughput_check() -> dict[str, Any]:
-    run = batchlab("throughput", "--workload", "charlm", "--device", "cuda")
+    run = batchlab("throughput", "--workload", "charlm", "--device", DEVICE)
     data = run["data"]
     best = max(p["samples_per_second"] or 0 for p in data["points"])
     return {
@@ -310,7 +311,7 @@ def throughput_check() -> dict[str, Any]:
 
 
 def noise_check() -> dict[str, Any]:
-    run = batchlab("noise", "--workload", "digits-cnn", "--device", "cuda")
+    run = batchlab("noise", "--workload", "digits-cnn", "--device", DEVICE)
     data = run["data"]
     return {"B_simple": round(data["b_simple"], 1), "stderr": round(data["b_simple_stderr"], 1)}
 
@@ -318,7 +319,7 @@ def noise_check() -> dict[str, Any]:
 def advise_check() -> dict[str, Any]:
     folder = tempfile.mkdtemp(prefix="gpu-check-")
     try:
-        run = batchlab("advise", "--workload", "charlm", "--device", "cuda", "--validate", "--out", folder)
+        run = batchlab("advise", "--workload", "charlm", "--device", DEVICE, "--validate", "--out", folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     data = run["data"]
@@ -331,12 +332,12 @@ def advise_check() -> dict[str, Any]:
 
 
 def nccl_check() -> dict[str, Any]:
-    run = torchrun(1, "train", "--workload", "digits-mlp", "--device", "cuda", "--max-steps", "50")
+    run = torchrun(1, "train", "--workload", "digits-mlp", "--device", DEVICE, "--max-steps", "50")
     return {"steps": run["data"]["steps"], "seconds": round(run["seconds"], 1)}
 
 
 def gloo_two_ranks_check() -> dict[str, Any]:
-    run = torchrun(2, "train", "--workload", "digits-mlp", "--device", "cuda", "--max-steps", "50",
+    run = torchrun(2, "train", "--workload", "digits-mlp", "--device", DEVICE, "--max-steps", "50",
                    extra_env={"BATCHLAB_DIST_BACKEND": "gloo"})  # fmt: skip
     return {"steps": run["data"]["steps"], "seconds": round(run["seconds"], 1)}
 

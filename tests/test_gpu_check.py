@@ -79,3 +79,12 @@ def test_a_missing_peer_is_skipped_with_the_install_command() -> None:
     results = gpu_check.run_checks([("Accelerate", gpu_check.peer_check("accelerate", "linreg"))])
     assert results[0]["status"] == "skipped"
     assert "pip install -e .[peers]" in results[0]["error"]
+
+
+def test_checks_read_batchlab_s_json_through_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The noise and torchrun checks, pointed at the CPU: the same commands and JSON fields the GPU
+    run reads (the torchrun one on gloo, as on a CPU it must be)."""
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    noise = gpu_check.noise_check()
+    assert noise["B_simple"] > 0 and noise["stderr"] > 0
+    assert gpu_check.nccl_check()["steps"] == 50
