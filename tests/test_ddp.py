@@ -46,9 +46,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     """Global batch 64 over 2 ranks x accumulation 2 = micro-batches of 16. The curve equals one
     process's at batch 64 with accumulation 4 (the same four 16-example parts; float32 sums in a
-    different order: 1e-5 relative). The noise scale from the ranks (local gradients of 32 against
-    the all-reduced 64) equals the one-process estimate from micro-batches of 32 to the same
-    tolerance: the issue asks for 15%, the arithmetic is identical."""
+    different order: 1e-5 relative). The noise scale from the ranks (each rank's micro-batch
+    gradients of 16, seen by the monitor's hooks before DDP averages them, against the all-reduced
+    64) equals the one-process estimate from its four micro-batches of 16 to the same tolerance: the
+    issue asks for 15%, the arithmetic is identical."""
     done = _run(
         "train", "--workload", "digits-mlp", "--batch-size", "64", "--accumulation", "2", "--max-steps", "40",
         "--eval-every", "10", "--track-noise", "--device", "cpu", "--json", "--out", str(tmp_path),
@@ -67,7 +68,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path: P
         assert ours["eval_loss"] == pytest.approx(theirs.eval_loss, rel=1e-5)
         if theirs.train_loss is not None:
             assert ours["train_loss"] == pytest.approx(theirs.train_loss, rel=1e-5)
-    split = train("digits-mlp", batch_size=64, accumulation=2, max_steps=40, track_noise=True, device="cpu")
+    split = train("digits-mlp", batch_size=64, accumulation=4, max_steps=40, track_noise=True, device="cpu")
     assert split.noise is not None
     assert data["noise"]["b_simple"] == pytest.approx(split.noise["b_simple"], rel=0.15)
     assert data["noise"]["b_simple"] == pytest.approx(split.noise["b_simple"], rel=1e-4)
@@ -171,7 +172,9 @@ def test_the_memory_probe_decides_for_all_ranks_together() -> None:
 def test_noise_under_two_ranks_agrees_with_one_process() -> None:
     """linreg, global batch 64 = 2 ranks x 2 micro-batches: the ranks train the same parameters as
     one process with 2 micro-batches, so the final pass (micro-batches of 32 over the whole set)
-    reads the same B_simple; the issue allows 15%, the float difference is far below 1%."""
+    reads the same B_simple; the issue allows 15%, the float difference is far below 1%. Along the
+    way the monitor sees four micro-batches of 16 (2 a rank), as one process with 4 does: the same
+    history, to float rounding."""
     from batchlab import measure_noise
 
     args = ("noise", "--workload", "linreg", "--batch-size", "64", "--micro-batches", "2", "--steps", "150")
@@ -180,7 +183,8 @@ def test_noise_under_two_ranks_agrees_with_one_process() -> None:
     ranks = json.loads(done.stdout)
     one, _ = measure_noise("linreg", batch_size=64, micro_batches=2, steps=150, device="cpu")
     assert ranks["b_simple"] == pytest.approx(one.b_simple, rel=0.01)
-    assert ranks["history"][-1]["b_simple"] == pytest.approx(one.history[-1].b_simple, rel=0.15)
+    four, _ = measure_noise("linreg", batch_size=64, micro_batches=4, steps=150, device="cpu")
+    assert ranks["history"][-1]["b_simple"] == pytest.approx(four.history[-1].b_simple, rel=1e-3)
 
 
 def test_advise_under_two_ranks_advises_a_global_batch(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import torch
 from batchlab import _noise_estimator as est
 from batchlab import load_workload
 from batchlab._step import backward
+from batchlab.monitor import NoiseMonitor, split_loss
 from batchlab.noise import exact_noise_scale, measure_noise
 from batchlab.train import fresh_model
 from batchlab.workloads import linreg
@@ -58,12 +59,15 @@ def test_a_decay_of_zero_forgets_the_past() -> None:
     assert reading.b_simple_stderr == math.inf
 
 
-def test_step_measures_micro_and_whole_batch_norms() -> None:
-    """backward(measure_noise=True) returns the mean |g_micro|^2 and |mean g|^2, computed directly."""
+def test_the_monitor_measures_micro_and_whole_batch_norms() -> None:
+    """Under accumulation (4 micro-batches of 8), the monitor's hooks give the mean |g_micro|^2 and
+    |mean g|^2 that separate backward passes compute directly."""
     workload = load_workload("digits-mlp")
     x, y = workload.train_data[:32]
     model = fresh_model(workload, 0, torch.device("cpu"))
-    out = backward(model, workload.loss, (x, y), micro_batches=4, measure_noise=True)
+    with NoiseMonitor(model) as monitor:
+        backward(model, workload.loss, (x, y), micro_batches=4)
+        monitor.step(batch_size=32)
     grads = []
     for i in range(4):
         m = fresh_model(workload, 0, torch.device("cpu"))
@@ -71,8 +75,60 @@ def test_step_measures_micro_and_whole_batch_norms() -> None:
         grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))  # type: ignore[union-attr]
     small = sum(float(g @ g) for g in grads) / 4
     mean = sum(grads) / 4
-    assert float(out.small_sq) == pytest.approx(small, rel=1e-5)  # type: ignore[arg-type]
-    assert float(out.big_sq) == pytest.approx(float(mean @ mean), rel=1e-5)  # type: ignore[arg-type]
+    assert monitor.last_measurement is not None
+    small_sq, big_sq, b_small, b_big = monitor.last_measurement
+    assert small_sq == pytest.approx(small, rel=1e-5)
+    assert big_sq == pytest.approx(float(mean @ mean), rel=1e-5)
+    assert (b_small, b_big) == (8, 32)
+
+
+def test_the_monitor_never_changes_what_the_optimizer_sees() -> None:
+    """Twenty steps of a user's own loop with accumulation, with and without the monitor: the
+    parameters are bitwise identical (its hooks read the gradients and return nothing)."""
+    workload = load_workload("digits-mlp")
+    finals = []
+    for attach in (False, True):
+        model = fresh_model(workload, 0, torch.device("cpu"))
+        optimizer = workload.optimizer(model.parameters(), workload.lr)
+        monitor = NoiseMonitor(model) if attach else None
+        for step in range(20):
+            x, y = workload.train_data[32 * step : 32 * step + 32]
+            backward(model, workload.loss, (x, y), micro_batches=4)
+            if monitor is not None:
+                monitor.step(batch_size=32)
+            optimizer.step()
+            optimizer.zero_grad()
+        finals.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        if monitor is not None:
+            reading = monitor.reading()
+            assert reading is not None and reading.measurements == 20 and reading.b_simple > 0
+    assert torch.equal(finals[0], finals[1])
+
+
+def test_with_one_batch_size_the_monitor_splits_an_occasional_step() -> None:
+    """No accumulation, one process: `wants_split` asks for one step in `split_every`, and
+    `backward` over two halves gives the whole batch's gradient (to rounding) and a measurement."""
+    workload = load_workload("digits-mlp")
+    model = fresh_model(workload, 0, torch.device("cpu"))
+    reference = fresh_model(workload, 0, torch.device("cpu"))
+    monitor = NoiseMonitor(model, split_every=3)
+    asked = []
+    for step in range(6):
+        x, y = workload.train_data[32 * step : 32 * step + 32]
+        asked.append(monitor.wants_split)
+        if monitor.wants_split:
+            monitor.backward(split_loss(model, workload.loss, x, y), parts=2)
+        else:
+            workload.loss(model(x), y).backward()
+        workload.loss(reference(x), y).backward()
+        for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7)  # type: ignore[arg-type]
+        monitor.step(batch_size=32)
+        model.zero_grad()
+        reference.zero_grad()
+    assert asked == [True, False, False, True, False, False]
+    reading = monitor.reading()
+    assert reading is not None and reading.measurements == 2
 
 
 def test_linreg_matches_the_exact_value() -> None:

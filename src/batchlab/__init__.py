@@ -5,6 +5,7 @@ from .advise import Advice, advise
 from .generalization import GhostBatchNorm, Sharpness, epsilon_sharpness, sharpness, use_ghost_batch_norm
 from .lr import LrRule, scale_lr
 from .memory import MemoryProfile, MemoryTrial, probe_memory
+from .monitor import NoiseMonitor, NoiseReading
 from .noise import NoiseEstimate, measure_noise
 from .schedule import BatchSchedule, Phase, ScheduledBatchSampler
 from .store import Store
@@ -25,6 +26,8 @@ __all__ = [
     "MemoryProfile",
     "MemoryTrial",
     "NoiseEstimate",
+    "NoiseMonitor",
+    "NoiseReading",
     "Phase",
     "ScheduledBatchSampler",
     "Sharpness",

@@ -48,14 +48,12 @@ def _sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class StepOutput:
-    """The mean loss of the step, and, when asked, squared gradient norms at two batch sizes."""
+    """The mean loss of the step."""
 
-    __slots__ = ("big_sq", "loss", "small_sq")
+    __slots__ = ("loss",)
 
-    def __init__(self, loss: torch.Tensor, small_sq: torch.Tensor | None, big_sq: torch.Tensor | None):
+    def __init__(self, loss: torch.Tensor):
         self.loss = loss
-        self.small_sq = small_sq  # mean over micro-batches of |g_micro|^2
-        self.big_sq = big_sq  # |mean of the micro-batch gradients|^2
 
 
 def backward(
@@ -64,43 +62,31 @@ def backward(
     batch: Batch,
     *,
     micro_batches: int,
-    measure_noise: bool = False,
     amp: Amp | None = None,
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> StepOutput:
     """Accumulate the batch's mean-loss gradient over `micro_batches` equal parts.
 
     Each micro-batch's loss is divided by the number of parts, so the accumulated gradient equals the
-    gradient of the mean loss over the whole batch. With `measure_noise`, each part's own gradient
-    (k times the increment it added) gives a |G_small|^2 sample, and the total gives |G_big|^2.
+    gradient of the mean loss over the whole batch (a NoiseMonitor's hooks see each part's share).
     `no_sync` (DDP's) keeps every part but the last from all-reducing its gradients.
     """
     quiet = no_sync if no_sync is not None else contextlib.nullcontext
     if amp is not None:
         return _backward_amp(model, loss_fn, batch, micro_batches, amp, quiet)
-    if micro_batches == 1 and not measure_noise:  # the common case: nothing to split or divide
+    if micro_batches == 1:  # the common case: nothing to split or divide
         x, y = batch
         loss = loss_fn(model(x), y)
         loss.backward()
-        return StepOutput(loss.detach(), None, None)
-    parts = split(batch, micro_batches)
-    params = [p for p in model.parameters() if p.requires_grad]
-    total = torch.zeros((), device=params[0].device)
-    small_sq = torch.zeros((), device=total.device)
-    previous: list[torch.Tensor] | None = None
-    for i, (x, y) in enumerate(parts):
+        return StepOutput(loss.detach())
+    total = None
+    for i, (x, y) in enumerate(split(batch, micro_batches)):
         with quiet() if i < micro_batches - 1 else contextlib.nullcontext():
             loss = loss_fn(model(x), y) / micro_batches
             loss.backward()
-        total += loss.detach()
-        if measure_noise:
-            current = _grad_list(params)
-            increment = current if previous is None else torch._foreach_sub(current, previous)
-            small_sq += _sq_norm(increment) * micro_batches**2
-            previous = [g.clone() for g in current]
-    if not measure_noise:
-        return StepOutput(total, None, None)
-    return StepOutput(total, small_sq / micro_batches, _sq_norm(_grad_list(params)))
+        total = loss.detach() if total is None else total + loss.detach()
+    assert total is not None
+    return StepOutput(total)
 
 
 def _backward_amp(
@@ -120,4 +106,4 @@ def _backward_amp(
             amp.backward(loss)
         total = loss.detach().float() if total is None else total + loss.detach().float()
     assert total is not None
-    return StepOutput(total, None, None)
+    return StepOutput(total)

@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 from . import _dist
-from . import _noise_estimator as noise_est
 from ._data import Batch, DeviceData, batch_len
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
 from ._precision import Amp, Precision, apply_checkpointing, as_precision, optimizer_step
-from ._step import StepOutput, _grad_list, _sq_norm, backward
+from ._step import backward
 from .generalization import epsilon_sharpness, use_ghost_batch_norm
 from .generalization import sharpness as top_hessian_eigenvalue
 from .lr import LrRule, as_rule, scale_lr, warmup_factor
+from .monitor import NoiseMonitor
 from .schedule import BatchSchedule, Phase
 from .workload import Workload, check_batch_size, check_lr, load_workload
 
@@ -384,8 +384,13 @@ class _Loop:
         self.rank, self.world = _dist.rank(), _dist.world_size()
         # What a step runs: the model, or DDP around it.
         self.net: nn.Module = _dist.data_parallel(self.model, device) if self.world > 1 else self.model
-        self.noise = noise_est.init()
-        self.noise_step = 0  # the step after which the noise scale was last measured
+        # The same monitor users attach to their own loops: hooks see each micro-batch's (or rank's)
+        # gradient; a measured step without either is split in noise_parts.
+        self.monitor = (
+            NoiseMonitor(self.model, window=NOISE_WINDOW, population=workload.train_size)
+            if track_noise
+            else None
+        )
         self.step = 0
         self.examples = 0
         self.lr_now = lr
@@ -406,60 +411,27 @@ class _Loop:
                     group["lr"] = lr
                 self.lr_now = lr
             self.lr_stale = False
-        measure = self.track_noise and self.step % self.noise_every == 0
+        measure = self.monitor is not None and self.step % self.noise_every == 0
+        if self.monitor is not None:
+            self.monitor.active = measure
         self.optimizer.zero_grad(set_to_none=True)
-        if self.world > 1:
-            out = self._ranks_backward(batch, measure)
-            parts = self.world  # a measured step's small batch is one rank's share
-        else:
-            parts = self.noise_parts if measure else self.accumulation
-            out = backward(
-                self.model,
-                self.workload.loss,
-                batch,
-                micro_batches=parts,
-                measure_noise=measure,
-                amp=self.amp,
-            )
-        if measure:
-            assert out.small_sq is not None and out.big_sq is not None
-            gap = self.step + 1 - self.noise_step
-            window = max(1.0, NOISE_WINDOW * (self.step + 1))
-            self.noise_step = self.step + 1
-            self.noise = noise_est.update(
-                self.noise,
-                beta=math.exp(-gap / window),
-                small_sq=float(out.small_sq),
-                big_sq=float(out.big_sq),
-                b_small=self.batch_size / parts,
-                b_big=self.batch_size,
-                population=self.workload.train_size,
-            )
+        parts = self.accumulation
+        if measure and self.world == 1 and parts == 1:
+            parts = self.noise_parts  # one batch size only: split this step to get two
+        out = backward(
+            self.net,
+            self.workload.loss,
+            batch,
+            micro_batches=parts,
+            amp=self.amp,
+            no_sync=self.net.no_sync if self.world > 1 else None,  # type: ignore[arg-type]
+        )
+        if self.monitor is not None:
+            self.monitor.step(self.batch_size)
         optimizer_step(self.optimizer, self.amp)
         self.step += 1
         self.examples += self.batch_size
         return out.loss
-
-    def _ranks_backward(self, batch: Batch, measure: bool) -> StepOutput:
-        """One data-parallel step's gradients. To measure the noise scale, the ranks' local gradients
-        (batch B / world) are kept from DDP's all-reduce, their squared norms averaged, then the
-        gradients averaged by hand (batch B): two batch sizes from one backward pass."""
-        assert isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
-        if not measure:
-            return backward(
-                self.net,
-                self.workload.loss,
-                batch,
-                micro_batches=self.accumulation,
-                amp=self.amp,
-                no_sync=self.net.no_sync,
-            )
-        with self.net.no_sync():
-            out = backward(self.net, self.workload.loss, batch, micro_batches=self.accumulation)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        local_sq = _dist.mean(_sq_norm(_grad_list(params)))
-        _dist.average_gradients(params)
-        return StepOutput(out.loss, local_sq, _sq_norm(_grad_list(params)))
 
     def _point(self, batch_loss: float | None) -> CurvePoint:
         train_loss, metrics = evaluate(
@@ -471,7 +443,8 @@ class _Loop:
                 self.model, self.workload, self.eval_data, batch_size=self.eval_batch
             )
             metrics.update(eval_metrics)
-        b_simple = noise_est.read(self.noise).b_simple if self.noise.updates else None
+        reading = self.monitor.reading() if self.monitor is not None else None
+        b_simple = reading.b_simple if reading is not None else None
         return CurvePoint(
             step=self.step,
             examples=self.examples,
@@ -547,6 +520,8 @@ class _Loop:
     def result(
         self, curve: list[CurvePoint], stop: str, *, rule: LrRule, keep_model: bool, sharpness: bool
     ) -> TrainResult:
+        if self.monitor is not None:  # the Hessian's backward passes below are not training steps
+            self.monitor.close()
         final_train = None
         if not self.diverged:
             final_train, _ = evaluate(
@@ -571,14 +546,14 @@ class _Loop:
         last = curve[-1]
         hit = self.target_point
         noise = None
-        if self.noise.updates:
-            reading = noise_est.read(self.noise)
+        reading = self.monitor.reading() if self.monitor is not None else None
+        if reading is not None:
             noise = {
                 "b_simple": reading.b_simple,
                 "b_simple_stderr": reading.b_simple_stderr,
                 "grad_sq": reading.grad_sq,
                 "trace_sigma": reading.trace_sigma,
-                "updates": self.noise.updates,
+                "updates": reading.measurements,
             }
         return TrainResult(
             workload=self.workload.name,
