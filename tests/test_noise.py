@@ -167,3 +167,23 @@ def test_cli_noise_json() -> None:
         assert key in data
     assert data["b_simple"] == pytest.approx(data["trace_sigma"] / data["grad_sq"], rel=1e-9)
     assert len(data["history"]) > 10
+
+
+def test_the_monitor_reads_the_gradient_before_a_loop_clips_it() -> None:
+    """Hugging Face's Trainer clips before its callbacks see the step: in one process the monitor
+    uses the squared norm its hooks summed on the way, so a clip to 1e-3 changes nothing it reads."""
+    workload = load_workload("digits-mlp")
+    x, y = workload.train_data[:32]
+    measured = []
+    for clip in (None, 1e-3):
+        model = fresh_model(workload, 0, torch.device("cpu"))
+        with NoiseMonitor(model) as monitor:
+            backward(model, workload.loss, (x, y), micro_batches=4)
+            unclipped = sum(float(p.grad.pow(2).sum()) for p in model.parameters())  # type: ignore[union-attr]
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            monitor.step(batch_size=32, clip_norm=clip)
+        assert monitor.last_measurement is not None
+        measured.append(monitor.last_measurement)
+        assert monitor.last_measurement[1] == pytest.approx(unclipped, rel=1e-5)
+    assert measured[0] == pytest.approx(measured[1], rel=1e-6)

@@ -49,15 +49,17 @@ class NoiseReading:
     grad_sq: float
     measurements: int  # the steps folded into it
 
-    def to_dict(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
+        """The four figures a trainer's logger takes."""
         return {
-            "step": self.step,
             "b_simple": self.b_simple,
             "b_simple_stderr": self.b_simple_stderr,
             "trace_sigma": self.trace_sigma,
             "grad_sq": self.grad_sq,
-            "measurements": self.measurements,
         }
+
+    def to_dict(self) -> dict[str, float]:
+        return {"step": self.step, **self.metrics(), "measurements": self.measurements}
 
 
 class NoiseMonitor:
@@ -97,16 +99,29 @@ class NoiseMonitor:
         self.history: list[NoiseReading] = []
         self._sums: dict[int, torch.Tensor] = {}  # per parameter: sum of squares of arriving grads
         self._counts: dict[int, int] = {}  # per parameter: backward passes that reached it
+        self._acc: dict[int, torch.Tensor] = {}  # per parameter: |this rank's step gradient so far|^2
+        self.clipped_steps = 0  # steps left out because the loop clipped before step() (under DDP)
         self._last_micro = 0  # backward passes in the last step (more than 1: no split needed)
         # The last measured step's (mean |g_small|^2, |g_big|^2, b_small, b_big).
         self.last_measurement: tuple[float, float, float, float] | None = None
         self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
 
     def _hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        param = self.params[index]
+
         def hook(grad: torch.Tensor) -> None:
             if not self.active:
                 return
-            square = grad.detach().float().pow(2).sum()
+            g = grad.detach().float()
+            square = g.pow(2).sum()
+            # |a + g|^2 = |a|^2 + 2 a.g + |g|^2, a the gradient accumulated so far on this rank: the
+            # squared norm of the rank's whole-step gradient, before anyone clips it.
+            accumulated = self._acc.get(index)
+            if accumulated is None or param.grad is None:
+                total = square
+            else:
+                total = accumulated + 2 * (param.grad.detach().float() * g).sum() + square
+            self._acc[index] = total
             self._sums[index] = square if index not in self._sums else self._sums[index] + square
             self._counts[index] = self._counts.get(index, 0) + 1
 
@@ -131,13 +146,18 @@ class NoiseMonitor:
             total = total + loss.detach().cpu()
         return total
 
-    def step(self, batch_size: int, *, grad_scale: float = 1.0) -> NoiseReading | None:
+    def step(
+        self, batch_size: int, *, grad_scale: float = 1.0, clip_norm: float | None = None
+    ) -> NoiseReading | None:
         """Fold this step in: `batch_size` examples in all (micro-batches x ranks x each's size).
-        `grad_scale`: a loss scaler's factor, when the gradients are scaled (fp16). Returns the
+        `grad_scale`: a loss scaler's factor, when the gradients are scaled (fp16). `clip_norm`:
+        the loop's gradient-clipping norm, when it clips before calling this (Hugging Face's
+        Trainer does): in one process the monitor uses the norm it saw before clipping; under DDP
+        it leaves out a step whose all-reduced gradient was clipped (`clipped_steps`). Returns the
         reading when this step gave two batch sizes, else None."""
         self.steps += 1
-        sums, counts = self._sums, self._counts
-        self._sums, self._counts = {}, {}
+        sums, counts, acc = self._sums, self._counts, self._acc
+        self._sums, self._counts, self._acc = {}, {}, {}
         if not sums or not self.active:
             return None
         micro = max(counts.values())
@@ -148,7 +168,13 @@ class NoiseMonitor:
             return None
         local = torch.stack([s.to(self.params[0].device) for s in sums.values()]).sum()
         small_sq = _mean_over_ranks(local) * micro / grad_scale**2  # mean |g_micro|^2 (K^2 |.|^2 / K)
-        big_sq = _sq_norm(self.params) / grad_scale**2
+        if world == 1:  # this process's whole-step gradient, as the hooks summed it before any clip
+            big_sq = torch.stack([a.to(local.device) for a in acc.values()]).sum() / grad_scale**2
+        else:  # the all-reduced gradient in .grad
+            big_sq = _sq_norm(self.params) / grad_scale**2
+            if clip_norm is not None and float(big_sq) ** 0.5 >= clip_norm * (1 - 1e-3) / grad_scale:
+                self.clipped_steps += 1
+                return None
         self.last_measurement = (float(small_sq), float(big_sq), batch_size / small_parts, batch_size)
         gap = self.steps - self.last_measured
         self.last_measured = self.steps

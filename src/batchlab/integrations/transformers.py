@@ -1,0 +1,64 @@
+"""The gradient noise scale of a Hugging Face `Trainer` run, logged with its loss.
+
+    from batchlab.integrations.transformers import NoiseScaleCallback
+    trainer = Trainer(model, args, train_dataset=..., callbacks=[NoiseScaleCallback()])
+
+Every optimizer step, the callback's NoiseMonitor reads each micro-batch's gradient (with
+`gradient_accumulation_steps` > 1) and each rank's (under DDP) as the small batch and the step's
+gradient as the big one: no extra backward pass, the Trainer's gradients untouched. The Trainer
+clips before its callbacks run: in one process the monitor keeps the norm from before the clip;
+under DDP a clipped step is left out (`clipped_steps`). At each logging step `b_simple`,
+`b_simple_stderr`, `trace_sigma` and `grad_sq` join the Trainer's logs and its `log_history`. The
+Trainer calls its own reporters (TensorBoard, W&B, ...) before a user's callbacks: to have them
+record the figures too, attach the callback first:
+
+    callback = NoiseScaleCallback.attach(trainer)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback  # the [hf] extra
+
+from ..monitor import NoiseMonitor, NoiseReading
+
+
+class NoiseScaleCallback(TrainerCallback):  # type: ignore[misc]
+    def __init__(self, *, window: float = 0.1, split_every: int = 50) -> None:
+        self.window, self.split_every = window, split_every
+        self.monitor: NoiseMonitor | None = None
+        self.latest: NoiseReading | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.monitor = NoiseMonitor(model, window=self.window, split_every=self.split_every)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.monitor is None:
+            return
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        clip = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
+        reading = self.monitor.step(batch, clip_norm=clip)
+        if reading is not None:
+            self.latest = reading
+
+    @classmethod
+    def attach(cls, trainer: Any, **options: Any) -> NoiseScaleCallback:
+        """Put a new callback first among the trainer's callbacks, so that the reporters Trainer
+        adds before any user's callback (TensorBoard, W&B, ...) see its figures in the logs."""
+        callback = cls(**options)
+        trainer.callback_handler.callbacks.insert(0, callback)
+        return callback
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        if logs is None or self.latest is None or "loss" not in logs:
+            return
+        logs.update(self.latest.metrics())
+        if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
+            state.log_history[-1].update(self.latest.metrics())  # Trainer copied the logs before us
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.close()

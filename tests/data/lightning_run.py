@@ -1,0 +1,55 @@
+"""A Lightning run with batchlab's NoiseScaleCallback, as a user's script: `python lightning_run.py
+STRATEGY DEVICES ACCUMULATE STEPS`. Prints one JSON line (on rank 0): the callback's last reading
+and what the Trainer's logger holds. Run as a script, since Lightning's DDP re-executes it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from batchlab import load_workload
+from batchlab.integrations.lightning import NoiseScaleCallback
+from batchlab.train import fresh_model
+
+MICRO = 16
+
+
+class Module(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.workload = load_workload("digits-mlp")
+        self.net = fresh_model(self.workload, 0, torch.device("cpu"))
+        self.batch_size = MICRO
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        return self.workload.loss(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.workload.optimizer(self.net.parameters(), self.workload.lr)
+
+    def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
+        return DataLoader(self.workload.train_data, batch_size=self.batch_size, shuffle=True)
+
+
+def main(strategy: str, devices: int, accumulate: int, steps: int) -> None:
+    pl.seed_everything(0, verbose=False)
+    callback = NoiseScaleCallback()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps, callbacks=[callback],
+        accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+    )  # fmt: skip
+    trainer.fit(Module())
+    if trainer.global_rank == 0:
+        reading = callback.latest
+        logged = {k: float(v) for k, v in trainer.logged_metrics.items()}
+        print(json.dumps({"reading": None if reading is None else reading.to_dict(), "logged": logged}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -1,0 +1,122 @@
+"""batchlab inside Lightning and Hugging Face runs: the noise scale logged where their users look,
+under accumulation and DDP, the trainers' own gradients untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from batchlab import train
+
+LIGHTNING_RUN = Path(__file__).parent / "data" / "lightning_run.py"
+SRC = Path(__file__).parents[1] / "src"
+STEPS = 60
+
+
+def lightning_run(strategy: str, devices: int, accumulate: int) -> dict[str, Any]:
+    pytest.importorskip("lightning")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(LIGHTNING_RUN), strategy, str(devices), str(accumulate), str(STEPS)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def agree(a: float, a_err: float, b: float, b_err: float) -> bool:
+    """Within three combined standard errors."""
+    return abs(a - b) <= 3 * math.hypot(a_err, b_err)
+
+
+@pytest.fixture(scope="module")
+def ours() -> Any:
+    """batchlab.train on the same model, batch and rate: 4 micro-batches of 16 a step."""
+    result = train(
+        "digits-mlp", batch_size=64, accumulation=4, max_steps=STEPS, track_noise=True, device="cpu"
+    )
+    assert result.noise is not None
+    return result.noise
+
+
+@pytest.mark.parametrize(("strategy", "devices", "accumulate"), [("auto", 1, 4), ("ddp", 2, 2)])
+def test_lightning_logs_the_noise_scale_that_batchlab_measures(
+    ours: Any, strategy: str, devices: int, accumulate: int
+) -> None:
+    """digits-mlp in a LightningModule, global batch 64: accumulation 4 in one process, and 2 gloo
+    ranks x accumulation 2 under strategy="ddp". Every step is measured, the Trainer's logger holds
+    the reading, and it agrees with batchlab.train's on the same setup within the error bars (the
+    runs shuffle differently, so not to the digit)."""
+    run = lightning_run(strategy, devices, accumulate)
+    reading = run["reading"]
+    assert reading["measurements"] == STEPS
+    assert run["logged"]["b_simple"] == pytest.approx(reading["b_simple"], rel=1e-6)
+    assert agree(
+        reading["b_simple"], reading["b_simple_stderr"], ours["b_simple"], ours["b_simple_stderr"]
+    ), (
+        reading,
+        ours,
+    )
+
+
+def _hf_train(callbacks: list[Any], folder: Path, attach: bool = False) -> tuple[Any, torch.Tensor, Any]:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    transformers.set_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (256, 16), generator=generator)
+    data = [{"input_ids": t, "labels": t} for t in tokens]
+    args = transformers.TrainingArguments(
+        output_dir=str(folder), per_device_train_batch_size=4, gradient_accumulation_steps=4,
+        max_steps=12, logging_steps=4, learning_rate=1e-3, use_cpu=True, save_strategy="no", seed=0,
+        disable_tqdm=True, report_to=["tensorboard"] if attach else [],
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+    from batchlab.integrations.transformers import NoiseScaleCallback
+
+    callback = NoiseScaleCallback.attach(trainer) if attach else None
+    trainer.train()
+    return trainer, torch.cat([p.detach().reshape(-1) for p in model.parameters()]), callback
+
+
+def test_hugging_face_logs_the_noise_scale_and_trains_the_same(tmp_path: Path) -> None:
+    """A tiny GPT-2 built from a config (no download), gradient_accumulation_steps=4: every
+    optimizer step is measured (micro-batches of 4 against the step's 16), b_simple joins the
+    Trainer's logs at each logging step, and the trained parameters equal a run without the callback
+    bitwise."""
+    from batchlab.integrations.transformers import NoiseScaleCallback
+
+    callback = NoiseScaleCallback()
+    trainer, with_it, _ = _hf_train([callback], tmp_path / "a")
+    _, without, _ = _hf_train([], tmp_path / "b")
+    assert torch.equal(with_it, without)
+    assert callback.latest is not None and callback.latest.measurements == 12
+    logged = [h for h in trainer.state.log_history if "b_simple" in h]
+    assert len(logged) == 3 and all(math.isfinite(h["b_simple"]) and h["b_simple"] > 0 for h in logged)
+    assert logged[-1]["b_simple"] == callback.latest.b_simple
+
+
+def test_attached_first_the_hugging_face_reporters_record_it(tmp_path: Path) -> None:
+    """Attached first, the Trainer's TensorBoard reporter writes b_simple: read back with
+    TensorBoard's own event reader."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, callback = _hf_train([], tmp_path, attach=True)
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/b_simple" in tags, tags
+    values = [e.value for e in events.Scalars("train/b_simple")]
+    assert len(values) == 3 and values[-1] == pytest.approx(callback.latest.b_simple, rel=1e-6)
