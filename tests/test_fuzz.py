@@ -55,7 +55,7 @@ values = st.one_of(
 
 
 def option_values(name: str) -> st.SearchStrategy[str]:
-    if name in ("--out", "out"):
+    if name in ("--out", "out", "--tensorboard"):
         return st.one_of(st.sampled_from(PATHS), values)
     if name == "--workload":
         return st.one_of(st.sampled_from(WORKLOADS), values)
@@ -112,7 +112,7 @@ def run_case(args: list[str], where: Path) -> tuple[int, str]:
 def written_outside(where: Path, args: list[str], before: dict[str, bytes]) -> list[str]:
     """Files under the case's folder that are neither the fixtures (unchanged) nor under the
     command's output folder (--out, or the command's default one)."""
-    outs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--out"]
+    outs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--out", "--tensorboard")]
     command = args[1] if args[0] == "--debug" else args[0]
     if command == "report":
         outs.append(args[args.index("report") + 1])

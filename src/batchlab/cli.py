@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import _dist, _guard
+from . import _dist, _guard, _tensorboard
 from ._errors import BatchlabError, bad
 from ._json import json_safe
 from ._precision import Precision
@@ -47,6 +47,12 @@ DEFAULT_WORKLOAD = "digits-mlp"
 WorkloadOpt = Annotated[str, typer.Option("--workload", "-w", help=WORKLOAD_HELP)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+TensorBoardOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tensorboard", help="also write loss, lr, batch size and noise scale as TensorBoard scalars here"
+    ),
+]
 LimitOpt = Annotated[
     str | None, typer.Option("--memory-limit", help="e.g. 1.5GiB (default: what is available)")
 ]
@@ -195,6 +201,32 @@ def parse_float_list(text: str | None, field: str, *, flag: str) -> list[float] 
     return values
 
 
+def write_tensorboard(folder: Path | None, runs: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    if folder is not None and _dist.is_main():
+        _tensorboard.write_runs(folder, runs)
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """A run's TensorBoard folder: its batch, rate and seed."""
+    return f"b{run['batch_size']}-lr{run['lr']:.4g}-seed{run['seed']}"
+
+
+def advice_series(data: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """The advice's measurements as series: the reference run's noise history against its steps,
+    and the predicted time to target against the batch size (TensorBoard's step axis)."""
+    history = (data.get("noise") or {}).get("history") or []
+    return {
+        "b_simple": [(p["step"], p["b_simple"]) for p in history if p.get("b_simple") is not None],
+        "train_loss": [(p["step"], p["train_loss"]) for p in history if p.get("train_loss") is not None],
+        "predicted_seconds_to_target_by_batch": [
+            (p["batch_size"], p["seconds_to_target"]) for p in data["predictions"]
+        ],
+        "predicted_steps_to_target_by_batch": [
+            (p["batch_size"], p["steps_to_target"]) for p in data["predictions"]
+        ],
+    }
+
+
 def emit_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(json_safe(data), indent=2) + "\n")
 
@@ -317,12 +349,14 @@ def train_command(
     device: DeviceOpt = "auto",
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", help="folder for results.db and train.json"),
+    tensorboard: TensorBoardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the workload once and show its curve and time to target."""
     from ._record import recorded_train
     from .workload import load_workload
 
+    _tensorboard.check_available(tensorboard)
     wl = load_workload(workload)
     size = parse_int(batch_size, "batch_size", flag="--batch-size")
     size = wl.batch_size if size is None else size
@@ -364,6 +398,7 @@ def train_command(
             store.close()
     data = result.to_dict()
     write_json(out, "train.json", data)
+    write_tensorboard(tensorboard, [(run_label(data), data["curve"])])
     show_result(data, train_table, as_json=as_json)
 
 
@@ -646,12 +681,14 @@ def sweep_command(
     ),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db (resumable), sweep.json and plots"),
+    tensorboard: TensorBoardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train to the target at several batch sizes; fit steps = S_min (1 + B_crit / B)."""
     from .sweep import run_sweep
     from .workload import load_workload
 
+    _tensorboard.check_available(tensorboard)
     wl = load_workload(workload)
     store = open_store(out)
     bar = Progress(
@@ -685,6 +722,7 @@ def sweep_command(
             store.close()
     data = result.to_dict()
     save(out, "sweep", wl.name, data)
+    write_tensorboard(tensorboard, [(run_label(r), r["curve"]) for r in data["runs"]])
     if out is not None and _dist.is_main():
         from . import plots
 
@@ -766,6 +804,7 @@ def advise_command(
     out: Path = typer.Option(
         Path("batchlab-out"), "--out", help="folder for report.html, advice.json, results.db"
     ),
+    tensorboard: TensorBoardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
@@ -774,6 +813,7 @@ def advise_command(
     from .report import write_report
     from .workload import load_workload
 
+    _tensorboard.check_available(tensorboard)
     wl = load_workload(workload)
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
     console = err_console()  # the spinner on rank 0 alone
@@ -789,6 +829,8 @@ def advise_command(
         )
     data = result.to_dict()
     save(out, "advice", wl.name, data)
+    if tensorboard is not None and _dist.is_main():
+        _tensorboard.write_series(tensorboard, f"{wl.name}-advice", advice_series(data))
     show_result(data, advice_table, as_json=as_json)
     if _dist.is_main():
         console.print(f"report: [bold]{write_report(out)}[/]", highlight=False)
@@ -860,11 +902,13 @@ def study_command(
     seed: int = typer.Option(0, "--seed"),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for report.html, study.json, results.db"),
+    tensorboard: TensorBoardOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Test a piece of large-batch folklore on your workload: a report and the numbers behind it."""
     import inspect
 
+    _tensorboard.check_available(tensorboard)
     from .report import render_study
     from .study import STUDIES, run_study
     from .workload import load_workload
@@ -904,6 +948,7 @@ def study_command(
             store.close()
     data = result.to_dict()
     write_json(folder, "study.json", data)
+    write_tensorboard(tensorboard, [(r["label"], r["curve"]) for r in data["runs"] if r.get("curve")])
     if _dist.is_main():
         (folder / "report.html").write_text(render_study(data))
     if as_json:
