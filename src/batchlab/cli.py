@@ -27,6 +27,8 @@ from ._errors import BatchlabError, bad
 from ._json import json_safe
 from ._precision import Precision
 from ._units import format_number
+from .emit import Emit, trainer_settings
+from .emit import render as render_settings
 from .lr import LrRule
 from .schedule import BatchSchedule, ScheduleMode
 from .store import Store
@@ -805,6 +807,12 @@ def advise_command(
         Path("batchlab-out"), "--out", help="folder for report.html, advice.json, results.db"
     ),
     tensorboard: TensorBoardOpt = None,
+    emit: Emit = typer.Option(
+        None, "--emit", help="also print the advice as torchrun, lightning or hf (Trainer) settings"
+    ),
+    devices: str = typer.Option(
+        None, "--devices", metavar="INT", help="--emit: devices to split the batch over (default: 1)"
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
@@ -814,6 +822,9 @@ def advise_command(
     from .workload import load_workload
 
     _tensorboard.check_available(tensorboard)
+    device_count = parse_int(devices, "devices", flag="--devices") or 1
+    if device_count < 1:
+        raise bad("--devices", devices, "an integer >= 1", "pass --devices 8, say")
     wl = load_workload(workload)
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
     console = err_console()  # the spinner on rank 0 alone
@@ -828,10 +839,21 @@ def advise_command(
             progress=lambda text: status.update(f"[bold]{text}"),
         )
     data = result.to_dict()
+    cap = None if data["max_batch_size"] is None else data["max_batch_size"] // data["world_size"]
+    try:  # (a --devices that does not divide the advised batch is said after the advice, not instead)
+        settings = trainer_settings(data["batch_size"], data["lr"], devices=device_count, max_per_device=cap)
+        data["trainer_settings"] = settings.to_dict()
+        if emit is not None:
+            data["emitted"] = {emit.value: render_settings(settings, emit, workload=wl.name, spec=wl.spec)}
+    except BatchlabError as error:
+        data["trainer_settings"], data["emitted"] = None, {"error": str(error)}
     save(out, "advice", wl.name, data)
     if tensorboard is not None and _dist.is_main():
         _tensorboard.write_series(tensorboard, f"{wl.name}-advice", advice_series(data))
     show_result(data, advice_table, as_json=as_json)
+    if emit is not None and not as_json:
+        text = data["emitted"].get(emit.value) or f"# no {emit.value} settings: {data['emitted']['error']}"
+        Console().print(text, highlight=False, markup=False, soft_wrap=True)
     if _dist.is_main():
         console.print(f"report: [bold]{write_report(out)}[/]", highlight=False)
 
