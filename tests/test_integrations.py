@@ -120,3 +120,19 @@ def test_attached_first_the_hugging_face_reporters_record_it(tmp_path: Path) -> 
     assert "train/b_simple" in tags, tags
     values = [e.value for e in events.Scalars("train/b_simple")]
     assert len(values) == 3 and values[-1] == pytest.approx(callback.latest.b_simple, rel=1e-6)
+
+
+def test_a_lightning_module_and_datamodule_run_as_a_workload(tmp_path: Path) -> None:
+    """integrations.lightning.workload: batchlab trains the module's own training_step to the target
+    with its configure_optimizers, and the CLI measures its noise scale by file:function."""
+    pytest.importorskip("lightning")
+    from batchlab import load_workload
+
+    wl = load_workload(f"{LIGHTNING_RUN}:workload")
+    assert (wl.batch_size, wl.lr, wl.train_size) == (32, 0.05, len(load_workload("digits-mlp").train_data))
+    result = train(wl, batch_size=wl.batch_size, until_target=True, max_epochs=30, device="cpu")
+    assert result.reached_target and result.final_eval_loss is not None and result.final_eval_loss <= 0.2
+    from .helpers import invoke_json
+
+    data = invoke_json("noise", "-w", f"{LIGHTNING_RUN}:workload", "--steps", "40")
+    assert data["b_simple"] > 0 and math.isfinite(data["b_simple"])

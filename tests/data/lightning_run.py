@@ -11,7 +11,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from batchlab import load_workload
+from batchlab import Target, Workload, load_workload
+from batchlab.integrations import lightning as integration
 from batchlab.integrations.lightning import NoiseScaleCallback
 from batchlab.train import fresh_model
 
@@ -34,6 +35,27 @@ class Module(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
         return DataLoader(self.workload.train_data, batch_size=self.batch_size, shuffle=True)
+
+
+class Digits(pl.LightningDataModule):
+    def __init__(self, batch_size: int = 32) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def setup(self, stage: str) -> None:
+        digits = load_workload("digits-mlp")
+        self.train, self.val = digits.train_data, digits.eval_data
+
+    def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
+        return DataLoader(self.val, batch_size=256)
+
+
+def workload() -> Workload:
+    """The same module and data as a batchlab Workload (what `--workload this_file.py:workload` loads)."""
+    return integration.workload(Module, Digits(), target=Target(metric="eval_loss", value=0.15))
 
 
 def main(strategy: str, devices: int, accumulate: int, steps: int) -> None:

@@ -12,11 +12,15 @@ are logged each step a reading is new (on rank 0's logger, like every Lightning 
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl  # the [lightning] extra
+import torch
 
 from ..monitor import NoiseMonitor, NoiseReading
+from ..workload import Target, Workload
 
 
 class NoiseScaleCallback(pl.Callback):  # type: ignore[misc]
@@ -57,3 +61,103 @@ def _micro_batch_size(trainer: Any, pl_module: Any) -> int:
             "attribute or pass NoiseScaleCallback(batch_size=...)"
         )
     return int(size)
+
+
+class _Step(torch.nn.Module):
+    """A LightningModule seen as batchlab sees a model: calling it returns a deferred training step,
+    which the workload's loss completes with the targets (`training_step((x, y), 0)`), so that the
+    module's own loss is what batchlab trains, measures and probes."""
+
+    def __init__(self, module: Any) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Any) -> _Deferred:
+        return _Deferred(self.module, x)
+
+
+class _Deferred:
+    __slots__ = ("module", "x")
+
+    def __init__(self, module: Any, x: Any) -> None:
+        self.module, self.x = module, x
+
+
+def _loss(outputs: _Deferred, y: Any) -> torch.Tensor:
+    out = outputs.module.training_step((outputs.x, y), 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError("training_step must return the loss (a tensor, or a dict with 'loss')")
+    return loss
+
+
+def workload(
+    module_factory: Callable[[], Any],
+    datamodule: Any,
+    *,
+    target: Target,
+    lr: float | None = None,
+    name: str | None = None,
+) -> Workload:
+    """A LightningModule + DataModule as a batchlab Workload, so that `batchlab memory`, `throughput`,
+    `noise` and `advise` run on it. Batches must be (inputs, targets) pairs; the loss is the
+    module's `training_step`; the optimizer is its `configure_optimizers()` (the first one; its
+    learning rate set by batchlab, `lr` the reference, default the optimizer's own); the reference
+    batch is the DataModule's `batch_size`. Put it in a file for the CLI:
+
+        def my_workload():
+            return workload(MyModule, MyDataModule(), target=Target(metric="eval_loss", value=0.3))
+
+        batchlab advise --workload my_file.py:my_workload
+    """
+    datamodule.setup("fit")
+    train_loader = datamodule.train_dataloader()
+    try:
+        eval_data = datamodule.val_dataloader().dataset
+    except (AttributeError, NotImplementedError, TypeError):  # a DataModule with no validation data
+        eval_data = None
+    batch = getattr(datamodule, "batch_size", None) or train_loader.batch_size
+    owners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+    def model() -> torch.nn.Module:
+        module = module_factory()
+        for p in module.parameters():
+            owners[id(p)] = module
+        return _Step(module)
+
+    def optimizer(params: Any, rate: float) -> torch.optim.Optimizer:
+        params = list(params)
+        module = owners.get(id(params[0])) if params else None
+        if module is None:  # parameters of no module built here (a probe of the optimizer's kind):
+            kind = _first_optimizer(module_factory().configure_optimizers())  # its class and defaults
+            return type(kind)(params, **{**kind.defaults, "lr": rate})
+        built = _first_optimizer(module.configure_optimizers())  # the module's own param groups
+        for group in built.param_groups:
+            group["lr"] = rate
+        return built
+
+    reference_lr = lr
+    if reference_lr is None:
+        reference_lr = _first_optimizer(module_factory().configure_optimizers()).param_groups[0]["lr"]
+    return Workload(
+        name=name or type(datamodule).__name__,
+        model=model,
+        train_data=train_loader.dataset,
+        eval_data=eval_data,
+        loss=_loss,  # type: ignore[arg-type]
+        optimizer=optimizer,
+        batch_size=int(batch),
+        lr=float(reference_lr),
+        target=target,
+    )
+
+
+def _first_optimizer(configured: Any) -> torch.optim.Optimizer:
+    """configure_optimizers may return an optimizer, a list or tuple, or a dict with 'optimizer'."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict):
+        return _first_optimizer(configured["optimizer"])
+    if isinstance(configured, (list, tuple)) and configured:
+        return _first_optimizer(configured[0])
+    raise TypeError(f"configure_optimizers returned {type(configured).__name__}, not an optimizer")
