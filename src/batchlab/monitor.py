@@ -97,35 +97,33 @@ class NoiseMonitor:
         self.steps = 0  # optimizer steps seen
         self.last_measured = 0
         self.history: list[NoiseReading] = []
-        self._sums: dict[int, torch.Tensor] = {}  # per parameter: sum of squares of arriving grads
-        self._counts: dict[int, int] = {}  # per parameter: backward passes that reached it
-        self._acc: dict[int, torch.Tensor] = {}  # per parameter: |this rank's step gradient so far|^2
-        self.clipped_steps = 0  # steps left out because the loop clipped before step() (under DDP)
+        self._small: torch.Tensor | None = None  # sum over backward passes of |their gradient|^2
+        self._micro = 0  # backward passes since the last step
         self._last_micro = 0  # backward passes in the last step (more than 1: no split needed)
+        self.clipped_steps = 0  # steps left out because the loop had clipped before step()
         # The last measured step's (mean |g_small|^2, |g_big|^2, b_small, b_big).
         self.last_measurement: tuple[float, float, float, float] | None = None
-        self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
+        # Each parameter's hook only collects its gradient (the least Python a hook can do); the
+        # first one of a backward pass queues `_on_backward` for the pass's end, which norms them
+        # all in one fused call. The gradients are held until then (one copy at most).
+        self._arrived: list[torch.Tensor] = []
+        self._handles = [p.register_hook(self._collect) for p in self.params]
 
-    def _hook(self, index: int) -> Callable[[torch.Tensor], None]:
-        param = self.params[index]
+    def _collect(self, grad: torch.Tensor) -> None:
+        if not self.active:
+            return
+        if not self._arrived:
+            torch.autograd.Variable._execution_engine.queue_callback(self._on_backward)
+        self._arrived.append(grad)
 
-        def hook(grad: torch.Tensor) -> None:
-            if not self.active:
-                return
-            g = grad.detach().float()
-            square = g.pow(2).sum()
-            # |a + g|^2 = |a|^2 + 2 a.g + |g|^2, a the gradient accumulated so far on this rank: the
-            # squared norm of the rank's whole-step gradient, before anyone clips it.
-            accumulated = self._acc.get(index)
-            if accumulated is None or param.grad is None:
-                total = square
-            else:
-                total = accumulated + 2 * (param.grad.detach().float() * g).sum() + square
-            self._acc[index] = total
-            self._sums[index] = square if index not in self._sums else self._sums[index] + square
-            self._counts[index] = self._counts.get(index, 0) + 1
-
-        return hook
+    def _on_backward(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        if not arrived:
+            return
+        with torch.no_grad():  # (a double-backward's gradients carry a graph: not ours to extend)
+            square = torch.stack(_norms(arrived)).float().pow(2).sum()
+        self._small = square if self._small is None else self._small + square
+        self._micro += 1
 
     # The loop's side --------------------------------------------------------------------------------
 
@@ -152,29 +150,22 @@ class NoiseMonitor:
         """Fold this step in: `batch_size` examples in all (micro-batches x ranks x each's size).
         `grad_scale`: a loss scaler's factor, when the gradients are scaled (fp16). `clip_norm`:
         the loop's gradient-clipping norm, when it clips before calling this (Hugging Face's
-        Trainer does): in one process the monitor uses the norm it saw before clipping; under DDP
-        it leaves out a step whose all-reduced gradient was clipped (`clipped_steps`). Returns the
-        reading when this step gave two batch sizes, else None."""
+        Trainer does): a step whose gradient was clipped is left out (`clipped_steps`), its own
+        norm being gone. Returns the reading when this step gave two batch sizes, else None."""
         self.steps += 1
-        sums, counts, acc = self._sums, self._counts, self._acc
-        self._sums, self._counts, self._acc = {}, {}, {}
-        if not sums or not self.active:
+        small, micro = self._small, self._micro
+        self._small, self._micro = None, 0
+        if small is None or not self.active:
             return None
-        micro = max(counts.values())
         self._last_micro = micro
-        world = _world()
-        small_parts = micro * world
+        small_parts = micro * _world()
         if small_parts < 2:
             return None
-        local = torch.stack([s.to(self.params[0].device) for s in sums.values()]).sum()
-        small_sq = _mean_over_ranks(local) * micro / grad_scale**2  # mean |g_micro|^2 (K^2 |.|^2 / K)
-        if world == 1:  # this process's whole-step gradient, as the hooks summed it before any clip
-            big_sq = torch.stack([a.to(local.device) for a in acc.values()]).sum() / grad_scale**2
-        else:  # the all-reduced gradient in .grad
-            big_sq = _sq_norm(self.params) / grad_scale**2
-            if clip_norm is not None and float(big_sq) ** 0.5 >= clip_norm * (1 - 1e-3) / grad_scale:
-                self.clipped_steps += 1
-                return None
+        small_sq = _mean_over_ranks(small) * micro / grad_scale**2  # mean |g_micro|^2 (K^2 |.|^2 / K)
+        big_sq = _sq_norm(self.params) / grad_scale**2
+        if clip_norm is not None and float(big_sq) ** 0.5 >= clip_norm * (1 - 1e-3) / grad_scale:
+            self.clipped_steps += 1  # clipped: the step's own gradient is gone
+            return None
         self.last_measurement = (float(small_sq), float(big_sq), batch_size / small_parts, batch_size)
         gap = self.steps - self.last_measured
         self.last_measured = self.steps
@@ -242,9 +233,23 @@ def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / _world()
 
 
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's 2-norm, in one fused call where torch has it."""
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None:
+        try:
+            return list(foreach(tensors))
+        except RuntimeError:  # mixed devices or dtypes it does not take
+            pass
+    return [torch.linalg.vector_norm(t) for t in tensors]
+
+
 def _sq_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
-    return torch.stack(grads).sum() if grads else torch.zeros(())
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    with torch.no_grad():
+        return torch.stack(_norms(grads)).float().pow(2).sum()
 
 
 def split_loss(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], x: Any, y: Any):  # type: ignore[no-untyped-def]

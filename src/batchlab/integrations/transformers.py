@@ -6,8 +6,8 @@
 Every optimizer step, the callback's NoiseMonitor reads each micro-batch's gradient (with
 `gradient_accumulation_steps` > 1) and each rank's (under DDP) as the small batch and the step's
 gradient as the big one: no extra backward pass, the Trainer's gradients untouched. The Trainer
-clips before its callbacks run: in one process the monitor keeps the norm from before the clip;
-under DDP a clipped step is left out (`clipped_steps`). At each logging step `b_simple`,
+clips before its callbacks run: a step whose gradient it clipped is left out and counted
+(`monitor.clipped_steps`), its own norm being gone. At each logging step `b_simple`,
 `b_simple_stderr`, `trace_sigma` and `grad_sq` join the Trainer's logs and its `log_history`. The
 Trainer calls its own reporters (TensorBoard, W&B, ...) before a user's callbacks: to have them
 record the figures too, attach the callback first:
