@@ -154,7 +154,8 @@ class NoiseMonitor:
         norm being gone. Returns the reading when this step gave two batch sizes, else None."""
         self.steps += 1
         small, micro = self._small, self._micro
-        self._small, self._micro = None, 0
+        # (gradients a failed backward pass left uncounted are dropped with the step)
+        self._small, self._micro, self._arrived = None, 0, []
         if small is None or not self.active:
             return None
         self._last_micro = micro
@@ -163,7 +164,7 @@ class NoiseMonitor:
             return None
         small_sq = _mean_over_ranks(small) * micro / grad_scale**2  # mean |g_micro|^2 (K^2 |.|^2 / K)
         big_sq = _sq_norm(self.params) / grad_scale**2
-        if clip_norm is not None and float(big_sq) ** 0.5 >= clip_norm * (1 - 1e-3) / grad_scale:
+        if clip_norm is not None and float(big_sq) ** 0.5 >= clip_norm * (1 - 1e-3):  # (clipped unscaled)
             self.clipped_steps += 1  # clipped: the step's own gradient is gone
             return None
         self.last_measurement = (float(small_sq), float(big_sq), batch_size / small_parts, batch_size)
