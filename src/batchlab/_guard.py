@@ -238,7 +238,3 @@ def command_line(argv: list[str] | None = None) -> str:
 
     args = sys.argv[1:] if argv is None else argv
     return "batchlab " + shlex.join(args) if args else "batchlab"
-
-
-def print_block(text: str) -> None:
-    sys.stderr.write(text.rstrip("\n") + "\n")
