@@ -193,15 +193,21 @@ class _Search:
         self.bad: int | None = None  # smallest size that did not
         self.stopped: str | None = None  # why the search stopped at a lower bound, if it did
 
-    def affordable(self, size: int) -> bool:
-        """Whether the pace allows a trial at `size`; if not, the search stops at its best so far."""
-        if self.pace is None or self.stopped is not None:
-            return self.stopped is None
+    def paced(self, size: int, *, shorten: bool) -> int | None:
+        """`size` if the pace allows a trial there; with `shorten`, else the largest size it allows,
+        if that is still 10% past the best; else None, the search stopping at its best so far with
+        the pace's reason in `stopped`."""
+        if self.stopped is not None:
+            return None
+        if self.pace is None:
+            return size
         largest, reason = self.pace.largest(self.trials)
         if largest is None or size <= largest:
-            return True
+            return size
+        if shorten and self.best is not None and self._floor(largest) >= self.best * 1.1 + self.g:
+            return self._floor(largest)
         self.stopped = reason
-        return False
+        return None
 
     def run(self, batch_size: int, *, confirmation: bool = False) -> MemoryTrial:
         outcome = self.trial(batch_size, confirmation)
@@ -253,15 +259,8 @@ class _Search:
                 jumps += 1
             else:  # the last jump undershot: aim past the edge to bracket it
                 guess = edge + max(self.g, edge // 100)
-            size = min(self.cap, max(self._floor(guess), self.best + self.g))
-            if self.pace is not None:  # within the pace: a shorter jump, or none worth making
-                largest, _ = self.pace.largest(self.trials)
-                if largest is not None and largest < size:
-                    size = self._floor(largest)
-                    if size < self.best * 1.1 + self.g:  # under 10% more: not worth a trial
-                        self.affordable(size + self.cap)  # records the reason
-                        return
-            if not self.affordable(size):
+            size = self.paced(min(self.cap, max(self._floor(guess), self.best + self.g)), shorten=True)
+            if size is None:
                 return
             self.run(size)
 
@@ -282,10 +281,10 @@ class _Search:
                 candidate = self._floor(int(math.sqrt(best * bad)))
             else:
                 candidate = self._floor((best + bad) // 2)
-            candidate = min(max(candidate, best + self.g), bad - self.g)
-            if not self.affordable(candidate):
+            paced = self.paced(min(max(candidate, best + self.g), bad - self.g), shorten=False)
+            if paced is None:
                 return
-            self.run(candidate)
+            self.run(paced)
 
     def confirm(self) -> None:
         """Run the answer again, longer: a peak that creeps past the limit late is caught here.
