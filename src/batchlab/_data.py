@@ -7,6 +7,7 @@ that a tiny model is timed on its own work, not on Python collation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +42,29 @@ def _tensor_pair(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor] | N
     return None
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands in its data: the epoch, the examples of its permutation drawn so far, the
+    examples drawn in all, and the generator's state before the epoch's permutation was drawn."""
+
+    epoch: int = 0
+    offset: int = 0
+    examples: int = 0
+    rng_state: torch.Tensor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "offset": self.offset,
+            "examples": self.examples,
+            "rng_state": self.rng_state,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Position:
+        return cls(data["epoch"], data["offset"], data["examples"], data["rng_state"])
+
+
 class DeviceData:
     """A dataset placed for training on one device: shuffled batches and in-order passes."""
 
@@ -55,39 +79,55 @@ class DeviceData:
         self, batch_size: int, generator: torch.Generator, *, shard: tuple[int, int] = (0, 1)
     ) -> Iterator[Batch]:
         """Endless batches: each epoch a fresh seeded permutation; the last partial batch dropped."""
-        for _, batch in self.epochs(lambda _: batch_size, generator, shard=shard):
+        for _, batch in self.epochs(lambda _epoch, _examples: batch_size, generator, shard=shard):
             yield batch
 
     def epochs(
         self,
-        batch_size_of: Callable[[int], int],
+        batch_size_of: Callable[[int, int], int],
         generator: torch.Generator,
         *,
         shard: tuple[int, int] = (0, 1),
-    ) -> Iterator[tuple[int, Batch]]:
-        """Endless (epoch, batch) pairs, the batch size of each epoch from `batch_size_of(epoch)`.
+        start: Position | None = None,
+    ) -> Iterator[tuple[Position, Batch]]:
+        """Endless (position, batch) pairs, the position being where the data stands after the batch.
+        Each batch's size is `batch_size_of(epoch, examples drawn before it)`, so a schedule may change
+        it at an epoch or in the middle of one; an epoch ends when the next batch would not fit.
         With `shard=(rank, world)`, every rank draws the same global batch and keeps its contiguous
-        1/world part, so the ranks' mean gradients average to the global batch's."""
+        1/world part, so the ranks' mean gradients average to the global batch's.
+        `start`, a position yielded before, continues from there: the same permutation, the same
+        offset in it, even at another batch size (a branch of a run)."""
         rank, world = shard
-        epoch = 0
+        pos = start or Position()
+        if pos.rng_state is not None:
+            generator.set_state(pos.rng_state)
+        epoch, offset, examples = pos.epoch, pos.offset, pos.examples
         while True:
+            state = generator.get_state()  # what draws this epoch's permutation, for a checkpoint
             # One permutation per epoch on both paths, so a generic Dataset sees the same order.
             order = torch.randperm(self.size, generator=generator)
-            batch_size = batch_size_of(epoch)
-            starts = range(0, self.size - batch_size + 1, batch_size)
+            base = examples - offset  # the count of examples at this epoch's offset 0
+            spans = []
+            while offset + (size := batch_size_of(epoch, examples)) <= self.size:
+                spans.append((offset, size))
+                offset += size
+                examples += size
             if self.tensors is None:
-                batches = [order[s : s + batch_size].chunk(world)[rank].tolist() for s in starts]
-                for x, y in DataLoader(self.dataset, batch_sampler=batches):
-                    yield epoch, (to_device(x, self.device), to_device(y, self.device))
+                batches = [order[s : s + b].chunk(world)[rank].tolist() for s, b in spans]
+                loader = DataLoader(self.dataset, batch_sampler=batches)
+                for (s, b), (x, y) in zip(spans, loader, strict=True):
+                    at = Position(epoch, s + b, base + s + b, state)
+                    yield at, (to_device(x, self.device), to_device(y, self.device))
             else:
                 order = order.to(self.device)
                 x_all, y_all = self.tensors
-                for start in starts:
-                    idx = order[start : start + batch_size]
+                for s, b in spans:
+                    idx = order[s : s + b]
                     if world > 1:  # (a chunk costs microseconds: only when there are ranks)
                         idx = idx.chunk(world)[rank]
-                    yield epoch, (x_all[idx], y_all[idx])
+                    yield Position(epoch, s + b, base + s + b, state), (x_all[idx], y_all[idx])
             epoch += 1
+            offset = 0
 
     def sample(self, size: int, seed: int = 0) -> DeviceData:
         """A fixed random subset of `size` examples (all of them when the set is smaller): the same

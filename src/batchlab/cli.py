@@ -347,6 +347,12 @@ def train_command(
     max_batch_size: str = typer.Option(
         None, "--max-batch-size", metavar="INT", help="the batch never grows past this (then the lr decays)"
     ),
+    batch_schedule: Path = typer.Option(
+        None,
+        "--batch-schedule",
+        metavar="FILE",
+        help="a saved schedule, e.g. study critical-batch's ramp.json",
+    ),
     sharpness: bool = typer.Option(False, "--sharpness", help="measure the final model's sharpness"),
     device: DeviceOpt = "auto",
     seed: int = typer.Option(0, "--seed"),
@@ -373,6 +379,13 @@ def train_command(
         )
     elif max_batch_size is not None:
         raise bad("max_batch_size", max_batch_size, "used with --milestones", "add --milestones 10,20")
+    if batch_schedule is not None:
+        for flag, value in (("--milestones", milestones), ("--batch-size", batch_size)):
+            if value is not None:
+                raise bad(
+                    flag, value, "left out with --batch-schedule (it names the batches)", f"drop {flag}"
+                )
+        batches = read_schedule(batch_schedule)
     settings = dict(
         batch_size=batches,
         lr=lr,
@@ -404,6 +417,21 @@ def train_command(
     show_result(data, train_table, as_json=as_json)
 
 
+def read_schedule(path: Path) -> BatchSchedule:
+    """A BatchSchedule saved as JSON (`to_dict`), or the error that says what is wrong with the file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise bad(
+            "--batch-schedule", str(path), "an existing file", "pass the ramp.json a study wrote"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise bad(
+            "--batch-schedule", str(path), "a JSON schedule", f"it could not be read: {error}"
+        ) from None
+    return BatchSchedule.from_dict(data)
+
+
 def train_table(data: dict[str, Any]) -> Table:
     table = Table(
         title=f"{data['workload']}: batch {data['batch_size']}, lr {fmt(data['lr'])} ({data['lr_rule']})"
@@ -431,9 +459,10 @@ def train_table(data: dict[str, Any]) -> Table:
         rows.append(("sharpness (top Hessian eigenvalue)", fmt(data["sharpness"]["top_eigenvalue"])))
         rows.append(("epsilon-sharpness", fmt(data["sharpness"]["epsilon_sharpness"])))
     for phase in (data.get("batch_schedule") or {}).get("phases", []):
+        start = phase.get("start_examples")
         rows.append(
             (
-                f"from epoch {phase['start_epoch']}",
+                f"from epoch {phase['start_epoch']}" if start is None else f"from example {start:,}",
                 f"batch {phase['batch_size']}, lr x {fmt(phase['lr_factor'], 3)}",
             )
         )
@@ -902,7 +931,7 @@ def report_command(
 @guarded
 def study_command(
     name: StudyName = typer.Argument(
-        ..., help="lr-scaling, increase-batch, generalization or noise-vs-batch"
+        ..., help="lr-scaling, increase-batch, generalization, noise-vs-batch or critical-batch"
     ),
     workload: WorkloadOpt = "digits-cnn",
     epochs: float = typer.Option(None, "--epochs", help="training length of the base arms"),
@@ -921,6 +950,19 @@ def study_command(
     large: str = typer.Option(None, "--large", metavar="INT", help="generalization: the large batch"),
     ghost_batch_size: str = typer.Option(None, "--ghost-batch-size", metavar="INT", help="generalization"),
     draws: str = typer.Option(None, "--draws", metavar="INT", help="noise-vs-batch: batches per size"),
+    points: str = typer.Option(
+        None, "--points", help="critical-batch: fractions of the steps to target (default 0.1,0.25,0.5,0.75)"
+    ),
+    max_k: str = typer.Option(None, "--max-k", metavar="INT", help="critical-batch: largest branch multiple"),
+    epsilon: float = typer.Option(
+        None, "--epsilon", help="critical-batch: share of the k=1 branch's progress a branch may lose"
+    ),
+    branch_examples: str = typer.Option(
+        None, "--branch-examples", metavar="INT", help="critical-batch: examples each branch trains on"
+    ),
+    advised_batch_size: str = typer.Option(
+        None, "--advised-batch-size", metavar="INT", help="critical-batch: a constant batch to validate too"
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for report.html, study.json, results.db"),
@@ -946,6 +988,13 @@ def study_command(
         "large": parse_int(large, "large", flag="--large"),
         "ghost_batch_size": parse_int(ghost_batch_size, "ghost_batch_size", flag="--ghost-batch-size"),
         "draws": parse_int(draws, "draws", flag="--draws"),
+        "points": parse_float_list(points, "points", flag="--points"),
+        "max_k": parse_int(max_k, "max_k", flag="--max-k"),
+        "epsilon": epsilon,
+        "branch_examples": parse_int(branch_examples, "branch_examples", flag="--branch-examples"),
+        "advised_batch_size": parse_int(
+            advised_batch_size, "advised_batch_size", flag="--advised-batch-size"
+        ),
     }
     accepted = inspect.signature(STUDIES[name]).parameters
     options = {k: v for k, v in given.items() if v is not None}
@@ -970,6 +1019,8 @@ def study_command(
             store.close()
     data = result.to_dict()
     write_json(folder, "study.json", data)
+    if "ramp" in data["extra"]:  # for `batchlab train --batch-schedule DIR/ramp.json`
+        write_json(folder, "ramp.json", data["extra"]["ramp"])
     write_tensorboard(tensorboard, [(r["label"], r["curve"]) for r in data["runs"] if r.get("curve")])
     if _dist.is_main():
         (folder / "report.html").write_text(render_study(data))

@@ -392,3 +392,56 @@ __all__ = [
     "throughput",
     "time_to_target",
 ]
+
+
+def critical_batch(rows: list[dict[str, Any]]) -> bytes:
+    """The branched critical batch and B_simple (with its standard error) at each checkpoint, against
+    the examples trained and against the loss there. A critical batch at the largest branch tried is
+    a lower bound: drawn as an upward triangle."""
+    with _figure(2) as (fig, (by_examples, by_loss)):
+        for ax, key in ((by_examples, "examples"), (by_loss, "loss")):
+            measured = [r for r in rows if r["critical_batch"] is not None]
+            xs = [r[key] for r in measured]
+            ax.plot(xs, [r["critical_batch"] for r in measured], "-", color="tab:red", label="branched")
+            for r in measured:
+                ax.plot(r[key], r["critical_batch"], "^" if r["lower_bound"] else "o", color="tab:red")
+            ax.errorbar(
+                [r[key] for r in rows],
+                [r["b_simple"] for r in rows],
+                yerr=[r["b_simple_stderr"] for r in rows],
+                fmt="s--",
+                color="tab:blue",
+                capsize=3,
+                label="B_simple",
+            )
+            ax.set_yscale("log", base=2)
+            ax.set_ylabel("batch size")
+        by_examples.set_xlabel("examples trained (reference run)")
+        by_loss.set_xlabel("loss at the checkpoint")
+        by_loss.invert_xaxis()  # training runs left to right in both panels
+        by_examples.legend(fontsize=7)
+        return _png(fig)
+
+
+def branch_progress(branches: list[dict[str, Any]], epsilon: float) -> bytes:
+    """Each branch's progress over the k = 1 branch's, against its batch, one line per checkpoint;
+    the rule's threshold 1 - epsilon as a dashed line (values below -0.5 are drawn at the edge)."""
+    with _figure() as (fig, (ax,)):
+        steps = list(dict.fromkeys(b["step"] for b in branches))
+        colors = plt.cm.viridis([i / max(len(steps) - 1, 1) for i in range(len(steps))])
+        for step, color in zip(steps, colors, strict=True):
+            arms = [b for b in branches if b["step"] == step and b["progress_ratio"] is not None]
+            ax.plot(
+                [b["batch_size"] for b in arms],
+                [max(b["progress_ratio"], -0.5) for b in arms],
+                "o-",
+                color=color,
+                label=f"from step {step}",
+            )
+        ax.axhline(1 - epsilon, linestyle="--", color="gray", label=f"1 - epsilon = {1 - epsilon:g}")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.55, 1.2)
+        ax.set_xlabel("branch batch size")
+        ax.set_ylabel("progress / progress at k = 1")
+        ax.legend(fontsize=7)
+        return _png(fig)

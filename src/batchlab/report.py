@@ -308,9 +308,22 @@ def render_study(study: dict[str, Any]) -> str:
         figures.append(
             (plots.noise_vs_batch(rows, extra["grad_norm"], extra["b_simple"]), "spread against B")
         )
+    elif name == "critical-batch":
+        extra, metric = study["extra"], study["settings"]["loss_metric"]
+        figures.append((plots.critical_batch(rows), "critical batch and B_simple over training"))
+        figures.append(
+            (plots.branch_progress(extra["branches"], study["settings"]["epsilon"]), "branch progress")
+        )
+        figures.append((plots.study_overlay(runs, y=metric), "the ramp against the constant batch"))
+        figures.append((plots.study_schedules(runs), "batch size and learning rate of each arm"))
     parts += ["<h2>Evidence</h2>"] + [figure(png, alt) for png, alt in figures]
     headers = list(dict.fromkeys(k for r in rows for k in r if k != "group"))
     parts.append(table(headers, [[r.get(h) for h in headers] for r in rows]))
+    if name == "critical-batch":
+        validation = study["extra"]["validation"]
+        headers = [k for k in validation[0] if k != "group"]
+        parts.append("<h2>The ramp against the constant batch</h2>")
+        parts.append(table(headers, [[v.get(h) for h in headers] for v in validation]))
     parts.append(
         '<h2>Settings</h2><table class="settings">'
         + "".join(

@@ -9,6 +9,11 @@ batch, so that lr / B still falls by the full factor at every milestone.
 
 A schedule is a list of phases, each starting at an epoch with a batch size and a factor on the
 learning rate. It drives `train(batch_size=schedule)` and, through `batch_sampler`, a DataLoader.
+
+A ramp (Merrill et al. 2025, arXiv:2505.23971) starts its phases at counts of examples instead, since
+the critical batch it follows is measured at points of training, not at epoch boundaries: the batch
+doubles, and the rate moves by the optimizer's rule, once the measured critical batch has passed
+twice the batch in use. A ramp's batch may change in the middle of an epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ._errors import bad
+from .lr import LrRule, as_rule, scale_lr
 
 
 class ScheduleMode(str, Enum):
@@ -34,12 +40,19 @@ class ScheduleMode(str, Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class Phase:
-    start_epoch: int
+    start_epoch: int = 0
     batch_size: int
     lr_factor: float  # multiplies the run's learning rate during this phase
+    start_examples: int | None = None  # a ramp's phases start at a count of examples instead
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.start_examples is None:  # an epoch schedule keeps the form it was stored in
+            del out["start_examples"]
+        return out
+
+    def start(self, by_examples: bool) -> int:
+        return (self.start_examples or 0) if by_examples else self.start_epoch
 
 
 def _positive_int(field: str, value: Any, fix: str) -> int:
@@ -55,11 +68,22 @@ class BatchSchedule:
     phases: tuple[Phase, ...]
 
     def __post_init__(self) -> None:
-        if not self.phases or self.phases[0].start_epoch != 0:
-            raise bad("phases", list(self.phases), "a first phase starting at epoch 0")
-        starts = [p.start_epoch for p in self.phases]
+        if not self.phases:
+            raise bad("phases", [], "at least one phase")
+        by_examples = self.by_examples
+        if any((p.start_examples is not None) != by_examples for p in self.phases):
+            raise bad(
+                "phases",
+                [p.to_dict() for p in self.phases],
+                "phases that all start at an epoch, or all at a count of examples",
+            )
+        unit = "examples" if by_examples else "epochs"
+        if self.phases[0].start(by_examples) != 0:
+            raise bad("phases", [p.to_dict() for p in self.phases], f"a first phase starting at {unit.rstrip('s')} 0")
+        starts = [p.start(by_examples) for p in self.phases]
         if any(b <= a for a, b in itertools.pairwise(starts)):
-            raise bad("milestones", starts[1:], "strictly increasing epochs", "pass --milestones 10,20")
+            fix = "build it with BatchSchedule.ramp" if by_examples else "pass --milestones 10,20"
+            raise bad("milestones", starts[1:], f"strictly increasing {'example counts' if by_examples else 'epochs'}", fix)
         for p in self.phases:
             _positive_int("batch_size", p.batch_size, "pass --batch-size 32")
             if not math.isfinite(p.lr_factor) or p.lr_factor <= 0:
@@ -108,18 +132,111 @@ class BatchSchedule:
         return cls(tuple(phases))
 
     @classmethod
+    def ramp(
+        cls,
+        points: Sequence[tuple[int, float]],
+        *,
+        batch_size: int,
+        rule: str | LrRule = LrRule.LINEAR,
+        max_batch_size: int | None = None,
+        factor: int = 2,
+    ) -> BatchSchedule:
+        """The batch grows by `factor` wherever the measured critical batch has passed `factor` times
+        the batch in use (Merrill et al. 2025), the rate following by `rule` (linear for SGD, sqrt for
+        Adam), never past `max_batch_size`. `points` are (examples, critical batch) measured along a
+        run at `batch_size`. The batch never shrinks, so it grows at a point only as far as every
+        later measurement allows too (a critical batch that falls later holds the batch back)."""
+        _positive_int("batch_size", batch_size, "pass --batch-size 32")
+        rule = as_rule(rule)
+        if rule is LrRule.NOISE:
+            raise bad("rule", rule.value, "linear, sqrt or none", "pass the optimizer's rule")
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise bad("factor", factor, "an integer >= 2", "pass factor=2")
+        cap = max_batch_size
+        if cap is not None:
+            _positive_int("max_batch_size", cap, "pass the largest batch that fits, or leave it out")
+            if cap < batch_size:
+                raise bad("max_batch_size", cap, f"at least the starting batch size {batch_size}", "raise it")
+        for point in points:
+            examples, critical = point
+            if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+                raise bad("points", list(points), "(examples >= 0, critical batch) pairs")
+            if not isinstance(critical, (int, float)) or not critical > 0:
+                raise bad("points", list(points), "critical batches > 0", "pass the study's measurements")
+
+        def lr_factor(size: int) -> float:
+            return scale_lr(rule, lr_ref=1.0, batch_ref=batch_size, batch_size=size)
+
+        # A batch taken at a point is kept for the rest of the run, so it must be allowed by every
+        # later measurement too: each point counts for the least critical batch measured from it on.
+        ordered = sorted(points)
+        allowed = [min(c for _, c in ordered[i:]) for i in range(len(ordered))]
+        starts: dict[int, int] = {0: batch_size}
+        size = batch_size
+        for (examples, _), critical in zip(ordered, allowed, strict=True):
+            while critical >= factor * size:
+                grown = factor * size if cap is None else min(factor * size, cap)
+                if grown == size:
+                    break
+                size = grown
+            if size != max(starts.values()):
+                starts[examples] = size
+        return cls(
+            tuple(
+                Phase(start_examples=start, batch_size=b, lr_factor=lr_factor(b))
+                for start, b in sorted(starts.items())
+            )
+        )
+
+    @classmethod
     def constant(cls, batch_size: int) -> BatchSchedule:
         return cls((Phase(start_epoch=0, batch_size=batch_size, lr_factor=1.0),))
 
-    def at(self, epoch: int) -> Phase:
-        index = bisect.bisect_right([p.start_epoch for p in self.phases], epoch) - 1
+    @property
+    def by_examples(self) -> bool:
+        """Whether the phases start at counts of examples (a ramp) rather than at epochs."""
+        return self.phases[0].start_examples is not None
+
+    def at(self, epoch: int, examples: int = 0) -> Phase:
+        """The phase in force at `epoch`, after `examples` examples in all."""
+        by_examples = self.by_examples
+        key = examples if by_examples else epoch
+        index = bisect.bisect_right([p.start(by_examples) for p in self.phases], key) - 1
         return self.phases[index]
 
-    def batch_size_at(self, epoch: int) -> int:
-        return self.at(epoch).batch_size
+    def batch_size_at(self, epoch: int, examples: int = 0) -> int:
+        return self.at(epoch, examples).batch_size
 
-    def lr_factor_at(self, epoch: int) -> float:
-        return self.at(epoch).lr_factor
+    def lr_factor_at(self, epoch: int, examples: int = 0) -> float:
+        return self.at(epoch, examples).lr_factor
+
+    def epoch_batches(self, epoch: int, dataset_size: int) -> list[int]:
+        """The batch sizes of `epoch`, in order (an epoch ends when the next batch would not fit)."""
+        for e, sizes in enumerate(self._epochs(dataset_size)):
+            if e == epoch:
+                return sizes
+        raise AssertionError("unreachable: _epochs is endless")
+
+    def _epochs(self, dataset_size: int) -> Iterator[list[int]]:
+        """Each epoch's batch sizes, from epoch 0 on."""
+        examples, epoch = 0, 0
+        last = self.phases[-1].start_examples or 0
+        while True:
+            if not self.by_examples or examples >= last:  # one size for the whole epoch
+                size = self.batch_size_at(epoch, examples)
+                sizes = [size] * (dataset_size // size)
+            else:
+                sizes, offset = [], 0
+                while offset + (size := self.batch_size_at(epoch, examples)) <= dataset_size:
+                    sizes.append(size)
+                    offset += size
+                    examples += size
+                yield sizes
+                epoch += 1
+                continue
+            examples += sum(sizes)
+            yield sizes
+            epoch += 1
 
     @property
     def initial_batch_size(self) -> int:
@@ -133,9 +250,13 @@ class BatchSchedule:
         """Parameter updates in `epochs` epochs (a fractional last epoch counts its share)."""
         total = 0.0
         whole = math.floor(epochs)
-        for epoch in range(whole):
-            total += dataset_size // self.batch_size_at(epoch)
-        total += (epochs - whole) * (dataset_size // self.batch_size_at(whole))
+        if not self.by_examples:  # an epoch's batches have one size: no need to walk them
+            for epoch in range(whole):
+                total += dataset_size // self.batch_size_at(epoch)
+            total += (epochs - whole) * (dataset_size // self.batch_size_at(whole))
+        else:
+            per_epoch = [len(sizes) for sizes in itertools.islice(self._epochs(dataset_size), whole + 1)]
+            total = sum(per_epoch[:whole]) + (epochs - whole) * per_epoch[whole]
         return max(1, math.ceil(total - 1e-9))  # 26.4 epochs x 5 is 132, not 132.00000000000003
 
     def batch_sampler(self, dataset_size: int, *, seed: int = 0) -> ScheduledBatchSampler:
@@ -147,7 +268,20 @@ class BatchSchedule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchSchedule:
-        return cls(tuple(Phase(**p) for p in data["phases"]))
+        """A schedule from its `to_dict` form (as saved by `batchlab study critical-batch`)."""
+        phases = data.get("phases") if isinstance(data, dict) else None
+        if not isinstance(phases, list) or not phases:
+            raise bad("batch_schedule", data, "an object with a list of phases", "pass a saved ramp.json")
+        known = set(Phase.__dataclass_fields__)
+        for phase in phases:
+            if not isinstance(phase, dict) or not set(phase) <= known or "batch_size" not in phase:
+                raise bad(
+                    "batch_schedule.phases",
+                    phase,
+                    f"objects with batch_size, lr_factor and start_epoch or start_examples ({sorted(known)})",
+                    "pass a saved ramp.json",
+                )
+        return cls(tuple(Phase(**p) for p in phases))
 
 
 class ScheduledBatchSampler(Sampler[list[int]]):
@@ -171,14 +305,16 @@ class ScheduledBatchSampler(Sampler[list[int]]):
 
     @property
     def batch_size(self) -> int:
-        return self.schedule.batch_size_at(self.epoch)
+        """The batch size at the start of this epoch (a ramp may grow it within the epoch)."""
+        return self.schedule.epoch_batches(self.epoch, self.dataset_size)[0]
 
     def __len__(self) -> int:
-        return self.dataset_size // self.batch_size
+        return len(self.schedule.epoch_batches(self.epoch, self.dataset_size))
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.dataset_size, generator=generator).tolist()
-        size = self.batch_size
-        for start in range(0, self.dataset_size - size + 1, size):
+        start = 0
+        for size in self.schedule.epoch_batches(self.epoch, self.dataset_size):
             yield order[start : start + size]
+            start += size

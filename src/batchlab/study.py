@@ -13,6 +13,9 @@ written in advance: on another workload the same study may find the opposite.
                    small one (Hoffer et al. 2017).
   noise-vs-batch   the spread of the batch gradient around the full gradient against B, beside the
                    law E|g_B - G|^2 = tr(Sigma)/B (N - B)/(N - 1) for sampling without replacement.
+  critical-batch   the critical batch at points of training by branched training (Merrill et al.
+                   2025), B_simple beside it, and a batch ramp built from it against the constant
+                   batch (critical.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ._device import resolve_device
 from ._errors import bad
 from ._json import json_safe
 from ._record import recorded_train
+from .critical import critical_batch
 from .generalization import _mean_gradient
 from .lr import LrRule, scale_lr
 from .noise import exact_noise_scale
@@ -48,6 +52,7 @@ class StudyName(str, Enum):
     INCREASE_BATCH = "increase-batch"
     GENERALIZATION = "generalization"
     NOISE_VS_BATCH = "noise-vs-batch"
+    CRITICAL_BATCH = "critical-batch"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -620,6 +625,7 @@ STUDIES: dict[StudyName, Callable[..., StudyResult]] = {
     StudyName.INCREASE_BATCH: increase_batch,
     StudyName.GENERALIZATION: generalization,
     StudyName.NOISE_VS_BATCH: noise_vs_batch,
+    StudyName.CRITICAL_BATCH: critical_batch,
 }
 
 

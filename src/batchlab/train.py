@@ -7,15 +7,17 @@ function of its arguments: the same seed gives the same curve on the CPU.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import _dist
-from ._data import Batch, DeviceData, batch_len
+from ._checkpoint import Checkpoint, checkpoint_steps, load_checkpoint
+from ._data import Batch, DeviceData, Position, batch_len
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
@@ -127,6 +129,8 @@ class TrainResult:
     world_size: int = 1  # data-parallel ranks: batch_size = per-device batch x world_size
     batch_schedule: dict[str, Any] | None = None  # phases, when the batch size changed during the run
     sharpness: dict[str, Any] | None = None  # of the final model, when asked for
+    checkpoints: tuple[dict[str, Any], ...] = ()  # {step, examples, path} of each one saved
+    resumed_from: dict[str, Any] | None = None  # {step, examples, path} of the checkpoint it began at
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +143,7 @@ class TrainResult:
         """Rebuild a result read back from JSON or the store (without its model)."""
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "model"}
         fields["curve"] = tuple(CurvePoint.from_dict(p) for p in data["curve"])
+        fields["checkpoints"] = tuple(data.get("checkpoints", ()))
         return cls(**fields)
 
 
@@ -248,6 +253,9 @@ def train(
     checkpoint: bool = False,
     ghost_batch_size: int | None = None,
     sharpness: bool = False,
+    checkpoint_at: Sequence[int | float] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
     keep_model: bool = False,
     on_point: Callable[[CurvePoint], None] | None = None,
     progress: Progress | None = None,
@@ -265,6 +273,11 @@ def train(
     NOISE_EVERY-th step, split in two (a split step costs up to twice a plain one on tiny models).
     `ghost_batch_size` swaps the model's BatchNorm layers for ghost batch norm over virtual batches
     of that size; `sharpness` measures the final model's top Hessian eigenvalue and epsilon-sharpness.
+    `checkpoint_at` saves model, optimizer, data position and random state into `checkpoint_dir` at
+    those steps (an int is a step, a float in (0, 1) a fraction of the step limit), evaluating there.
+    `resume_from` continues from such a checkpoint (its steps, examples and seconds counted on, and
+    `max_steps` still the total): at the same settings the run is the one that saved it, step for
+    step; at another batch size or rate it is a branch of it, seeing the same examples in order.
     The target is judged at evaluation points on fixed data: the evaluation set for `eval_*`
     metrics, a fixed sample of the training set for `train_*` (TRAIN_SAMPLE); the mini-batch loss is
     kept as `batch_loss`. A loss that is not finite, or a training-sample loss that rises to
@@ -317,7 +330,9 @@ def train(
                 "pass an even batch size, or --accumulation K with K dividing it",
             )
     limit = _step_limit(workload, schedule, max_steps, max_epochs, until_target)
+    saves = checkpoint_steps(checkpoint_at, checkpoint_dir, limit)
     dev = resolve_device(device)
+    resume = None if resume_from is None else load_checkpoint(resume_from, workload.name, dev)
     amp_precision = as_precision(precision, dev)
     if track_noise and amp_precision is not Precision.FP32:
         raise bad("track_noise", True, "used with fp32 precision", "measure the noise scale in fp32")
@@ -336,6 +351,9 @@ def train(
         checkpoint=checkpoint,
         ghost_batch_size=ghost_batch_size,
     )
+    if resume is not None:
+        loop.restore(resume)
+    loop.saves, loop.checkpoint_dir = saves, None if checkpoint_dir is None else Path(checkpoint_dir)
     curve, stop = loop.run(
         limit=limit, until_target=until_target, eval_every=eval_every, on_point=on_point, progress=progress
     )
@@ -397,11 +415,50 @@ class _Loop:
         self.seconds = 0.0
         self.diverged = False
         self.target_point: CurvePoint | None = None
+        self.start_point: CurvePoint | None = None  # the run's first point, for divergence
+        self.position: Position | None = None  # where a resumed run's data stands
+        self.resumed_from: dict[str, Any] | None = None
+        self.saves: set[int] = set()
+        self.checkpoint_dir: Path | None = None
+        self.saved: list[dict[str, Any]] = []
 
     def _enter(self, phase: Phase) -> None:
         self.phase, self.batch_size, self.lr_stale = phase, phase.batch_size, True
-        later = [p.start_epoch for p in self.schedule.phases if p.start_epoch > phase.start_epoch]
-        self.next_phase_epoch = min(later, default=math.inf)
+        by_examples = self.schedule.by_examples
+        start = phase.start(by_examples)
+        later = [p.start(by_examples) for p in self.schedule.phases if p.start(by_examples) > start]
+        self.next_phase_start = min(later, default=math.inf)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Take up a saved run where it stood (model, optimizer, counts, data, random state)."""
+        checkpoint.restore(self.model, self.optimizer, None if self.amp is None else self.amp.scaler)
+        self.lr_now = self.optimizer.param_groups[0]["lr"]
+        self.step, self.examples, self.seconds = checkpoint.step, checkpoint.examples, checkpoint.seconds
+        self.position = checkpoint.position
+        self.start_point = CurvePoint.from_dict(checkpoint.start_point)
+        reached = checkpoint.target_point
+        self.target_point = None if reached is None else CurvePoint.from_dict(reached)
+        self._enter(self.schedule.at(checkpoint.position.epoch, checkpoint.examples))
+        self.resumed_from = {"step": self.step, "examples": self.examples, "path": str(checkpoint.path)}
+
+    def _save(self, point: CurvePoint, position: Position) -> None:
+        assert self.checkpoint_dir is not None and self.start_point is not None
+        if self.rank == 0:
+            path = Checkpoint.save(
+                self.checkpoint_dir,
+                workload=self.workload.name,
+                model=self.model,
+                optimizer=self.optimizer,
+                scaler=None if self.amp is None else self.amp.scaler,
+                step=self.step,
+                examples=self.examples,
+                seconds=self.seconds,
+                position=position,
+                start_point=self.start_point.to_dict(),
+                point=point.to_dict(),
+                target_point=None if self.target_point is None else self.target_point.to_dict(),
+            )
+            self.saved.append({"step": self.step, "examples": self.examples, "path": str(path)})
 
     def _train_step(self, batch: Batch) -> torch.Tensor:
         if self.lr_stale or self.step <= self.warmup_steps:  # else the rate is what it was
@@ -478,23 +535,30 @@ class _Loop:
         progress: Progress | None,
     ) -> tuple[list[CurvePoint], str]:
         curve = [self._point(None)]
+        if self.start_point is None:
+            self.start_point = curve[0]
         if on_point:
             on_point(curve[0])
-        batches: Iterator[tuple[int, Batch]] = self.train_data.epochs(
+        if until_target and self.target_point is not None:  # resumed past the target already
+            return curve, "target"
+        batches: Iterator[tuple[Position, Batch]] = self.train_data.epochs(
             self.schedule.batch_size_at,
             torch.Generator().manual_seed(self.seed),
             shard=(self.rank, self.world),
+            start=self.position,
         )
         losses: list[torch.Tensor] = []  # summed only at evaluation: no per-step device sync
         due = auto_eval if eval_every is None else (lambda step: step % eval_every == 0)
+        by_examples = self.schedule.by_examples
         started = clock(self.device)
         stop = "budget"
         while self.step < limit:
-            epoch, batch = next(batches)
-            if epoch >= self.next_phase_epoch:
-                self._enter(self.schedule.at(epoch))
+            position, batch = next(batches)
+            if (self.examples if by_examples else position.epoch) >= self.next_phase_start:
+                self._enter(self.schedule.at(position.epoch, self.examples))
             losses.append(self._train_step(batch))
-            if not (due(self.step) or self.step == limit):
+            save = self.step in self.saves
+            if not (due(self.step) or save or self.step == limit):
                 continue
             self.seconds += clock(self.device) - started
             batch_loss = float(_dist.mean(torch.stack(losses).mean()))  # over the ranks' shards too
@@ -505,15 +569,19 @@ class _Loop:
             if progress:
                 progress(self.step, limit)
             losses.clear()
-            if self._diverged(point, curve[0]):
+            assert self.start_point is not None
+            if self._diverged(point, self.start_point):
                 self.diverged, stop = True, "diverged"
                 break
             value = point.value(self.workload.target.metric)
-            if self.target_point is None and value is not None and self.workload.target.reached(value):
+            reached = value is not None and self.workload.target.reached(value)
+            if self.target_point is None and reached:
                 self.target_point = point
-                if until_target:
-                    stop = "target"
-                    break
+            if save:  # after the target check: a run resumed here knows whether it was reached
+                self._save(point, position)
+            if until_target and self.target_point is point:
+                stop = "target"
+                break
             started = clock(self.device)
         return curve, stop
 
@@ -585,6 +653,8 @@ class _Loop:
             world_size=self.world,
             batch_schedule=self.schedule.to_dict() if len(self.schedule.phases) > 1 else None,
             sharpness=measured,
+            checkpoints=tuple(self.saved),
+            resumed_from=self.resumed_from,
             model=self.model if keep_model else None,
         )
 

@@ -1,0 +1,503 @@
+"""The critical batch size over training, measured by branched training, and a ramp built from it.
+
+Merrill, Arora, Groeneveld, Hajishirzi 2025 (arXiv:2505.23971): from a checkpoint of a run at batch
+B, continue at k B (k = 1, 2, 4, ...) with the rule's learning rate for the same number of examples;
+the critical batch at that point is the largest k B that trains about as well per example as the
+k = 1 branch. They found it small early and growing as the loss falls (as Kaplan et al. 2020 wrote
+B_crit(L) ~ B* / L^(1/alpha_B)), and that a batch ramped up to follow it saves steps at no cost in
+loss. The gradient noise scale B_simple, measured beside it at the same parameters, is the cheap
+proxy it is compared with.
+
+`critical_batch` runs the study: the reference run to the target, checkpoints at fractions of its
+steps, the branches from each, B_simple there, the ramp built from the measurements, and the ramp
+trained against the constant batch (and the advised one, when given). Every run is recorded in the
+store; a killed study resumes from the runs it finished and the checkpoints it saved.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._checkpoint import load_model
+from ._device import resolve_device
+from ._errors import bad
+from ._record import recorded_train
+from .lr import LrRule, scale_lr
+from .noise import noise_at_parameters
+from .schedule import BatchSchedule
+from .store import Store
+from .train import CurvePoint, TrainResult, fresh_model, train
+from .workload import Workload, check_batch_size
+
+# Where to branch: fractions of the reference run's steps to the target (Merrill et al. branch along
+# the whole run; four points show the rise and where it flattens).
+POINTS = (0.1, 0.25, 0.5, 0.75)
+# The branched rule. A branch at k B "keeps up" when its loss falls by at least (1 - EPSILON) of the
+# k = 1 branch's fall over the same examples. Progress, not the loss itself: a tolerance on the loss
+# would depend on the loss's scale and on its floor (irreducible noise, which no batch removes), and
+# the same rule then means different things on different workloads. With EPSILON = 0.2 a batch at the
+# critical size costs at most 1/(1 - 0.2) = 1.25x the examples of the small batch for the same
+# progress; in McCandlish et al.'s model (progress per example ~ 1 / (1 + B / B_noise), with the
+# best rate at each batch) that is B <= 1.25 B + B_noise / 4 from a small B: a quarter of B_noise,
+# where a batch still buys nearly its full worth in steps. (McCandlish et al.'s own B_crit, where
+# examples cost 2x, is EPSILON = 0.5.)
+EPSILON = 0.2
+# A branch's length: BRANCH_FRACTION of the examples the reference run took to the target, and at
+# least MIN_BRANCH_UPDATES updates of the largest branch batch. Long enough that the loss moves well
+# past its step-to-step noise; short enough that the run's state (and its critical batch) does not
+# move far from the checkpoint's; and a handful of updates, since one update of a large batch says
+# more about that step's size than about the batch.
+BRANCH_FRACTION = 0.25
+MIN_BRANCH_UPDATES = 4
+# The branch's loss is smoothed: the mean of its evaluations over the last SMOOTHING of its examples
+# (BRANCH_EVALS evaluations a branch), so a single noisy evaluation does not decide a branch.
+SMOOTHING = 0.25
+BRANCH_EVALS = 8
+MAX_K = 16  # branches at k = 1, 2, 4, ..., MAX_K (and no larger than the cap)
+NOISE_EXAMPLES = 8192  # B_simple at a checkpoint: one shuffled pass over at most this many examples
+VALIDATION_LENGTH = 1.5  # the ramp and the constant batch train for 1.5x the reference's examples
+
+
+def branch_rule(workload: Workload) -> LrRule:
+    """The rate of a k-times batch: sqrt(k) for adaptive optimizers (Adam), k for SGD (Merrill et al.)."""
+    from .advise import is_adaptive
+
+    return LrRule.SQRT if is_adaptive(workload) else LrRule.LINEAR
+
+
+def loss_metric(workload: Workload) -> str:
+    """What a branch is judged on: the evaluation set's loss when there is one (fixed examples, the
+    same for every branch), else the fixed training sample's."""
+    return "eval_loss" if workload.eval_data is not None else "train_loss"
+
+
+def smoothed_loss(curve: Sequence[CurvePoint], start_step: int, steps: int, metric: str) -> float:
+    """The mean of `metric` at the branch's evaluations in the last SMOOTHING of its `steps`."""
+    after = start_step + (1 - SMOOTHING) * steps
+    values = [p.value(metric) for p in curve if p.step >= after and p.step > start_step]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite or len(finite) < len(values):
+        return math.inf  # a branch that diverged keeps up with nothing
+    return float(np.mean(finite))
+
+
+def critical_from_branches(
+    start_loss: float, losses: dict[int, float], epsilon: float = EPSILON
+) -> int | None:
+    """The largest k whose branch (and every smaller one) fell by at least (1 - epsilon) of the k = 1
+    branch's fall from `start_loss`; None when the k = 1 branch made no progress to compare with."""
+    base = start_loss - losses[1]
+    if not base > 0:
+        return None
+    best = 1
+    for k in sorted(losses):
+        if start_loss - losses[k] < (1 - epsilon) * base:
+            break
+        best = k
+    return best
+
+
+def critical_batch(
+    workload: Workload,
+    *,
+    batch_size: int | None = None,
+    points: Sequence[float] = POINTS,
+    max_k: int = MAX_K,
+    max_batch_size: int | None = None,
+    epsilon: float = EPSILON,
+    branch_examples: int | None = None,
+    advised_batch_size: int | None = None,
+    store: Store | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: Any = None,
+) -> Any:
+    """Measure the critical batch at `points` of the reference run by branched training, B_simple
+    beside it, build the ramp, and train it against the constant batch. See the module's text."""
+    from .study import StudyName, StudyResult
+
+    b = _check_options(workload, batch_size, points, max_k, max_batch_size, epsilon, branch_examples)
+    cap = min(workload.train_size, max_batch_size or workload.train_size)
+    rule = branch_rule(workload)
+    lr = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
+    dev = resolve_device(device)
+    say = progress or (lambda label: None)
+
+    say(f"reference run at batch {b} to the target")
+    reference, _ = recorded_train(
+        store, workload, kind="study", batch_size=b, lr=lr, until_target=True, seed=seed, device=dev
+    )
+    if not reference.reached_target or reference.steps_to_target is None:
+        raise bad(
+            "workload.target",
+            workload.target.to_dict(),
+            f"a target the reference run (batch {b}, lr {lr:.3g}) reaches in {reference.steps} steps",
+            "set a target it reaches, or pass --batch-size with a batch that trains",
+        )
+    steps_to_target = reference.steps_to_target
+    examples_to_target = reference.examples_to_target or steps_to_target * b
+    at_steps = sorted({max(1, round(f * steps_to_target)) for f in points})
+    k_top = 1 << int(math.log2(max(1, min(max_k, cap // b))))
+    ks = [1 << i for i in range(int(math.log2(k_top)) + 1)]
+    length = branch_examples or max(
+        round(BRANCH_FRACTION * examples_to_target), MIN_BRANCH_UPDATES * k_top * b
+    )
+    length = k_top * b * math.ceil(length / (k_top * b))  # every branch sees exactly these examples
+    longest = VALIDATION_LENGTH * examples_to_target / workload.train_size
+
+    folder, owned = _checkpoint_folder(store)
+    try:
+        say(f"checkpoints at steps {', '.join(map(str, at_steps))}")
+        constant = _checkpointed_run(
+            store, workload, b=b, lr=lr, epochs=longest, steps=at_steps, folder=folder, seed=seed, device=dev
+        )
+        saved = {c["step"]: c for c in constant.checkpoints}
+        rows, branches = [], []
+        for step in at_steps:
+            say(f"branches from step {step}")
+            row, arms = _measure_point(
+                workload,
+                store=store,
+                checkpoint=saved[step],
+                fraction=step / steps_to_target,
+                b=b,
+                lr=lr,
+                ks=ks,
+                length=length,
+                rule=rule,
+                epsilon=epsilon,
+                seed=seed,
+                device=dev,
+            )
+            rows.append(row)
+            branches.extend(arms)
+        ramp = BatchSchedule.ramp(
+            [(r["examples"], r["critical_batch"]) for r in rows if r["critical_batch"] is not None],
+            batch_size=b,
+            rule=rule,
+            max_batch_size=cap,
+        )
+        say("the ramp against the constant batch")
+        trained = [("constant", f"constant {b}", constant)]
+        ramp_run, _ = recorded_train(
+            store, workload, kind="study", batch_size=ramp, lr=lr, max_epochs=longest, seed=seed, device=dev
+        )
+        trained.append(("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in ramp.phases), ramp_run))
+        if advised_batch_size is not None:
+            advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
+            advised, _ = recorded_train(
+                store,
+                workload,
+                kind="study",
+                batch_size=advised_batch_size,
+                lr=advised_lr,
+                max_epochs=longest,
+                seed=seed,
+                device=dev,
+            )
+            trained.append(("advised", f"advised constant {advised_batch_size}", advised))
+    finally:
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+    validation = [_validation_row(group, label, run, workload) for group, label, run in trained]
+    runs = [_validation_curve(group, label, run, workload) for group, label, run in trained]
+    findings = _findings(rows, validation, rule=rule, epsilon=epsilon, length=length, b=b, workload=workload)
+    return StudyResult(
+        study=StudyName.CRITICAL_BATCH.value,
+        workload=workload.name,
+        question="How large can the batch be at each point of training, and does a batch that ramps up "
+        "to follow it save updates?",
+        findings=tuple(findings),
+        settings={
+            "batch_size": b,
+            "lr": lr,
+            "rule": rule.value,
+            "points": [round(s / steps_to_target, 4) for s in at_steps],
+            "checkpoint_steps": at_steps,
+            "ks": ks,
+            "epsilon": epsilon,
+            "branch_examples": length,
+            "smoothing": SMOOTHING,
+            "loss_metric": loss_metric(workload),
+            "max_batch_size": cap,
+            "validation_epochs": longest,
+            "reference_steps_to_target": steps_to_target,
+            "seed": seed,
+        },
+        rows=tuple(rows),
+        runs=tuple(runs),
+        extra={"branches": branches, "validation": validation, "ramp": ramp.to_dict()},
+    )
+
+
+def _check_options(
+    workload: Workload,
+    batch_size: int | None,
+    points: Sequence[float],
+    max_k: int,
+    max_batch_size: int | None,
+    epsilon: float,
+    branch_examples: int | None,
+) -> int:
+    b = workload.batch_size if batch_size is None else batch_size
+    check_batch_size(b, workload.train_size)
+    if (
+        isinstance(points, (str, bytes))
+        or not points
+        or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in points)
+    ):
+        raise bad(
+            "points", points, "fractions in (0, 1) of the reference run's steps", "pass --points 0.1,0.25,0.5"
+        )
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 2:
+        raise bad("max_k", max_k, "an integer >= 2", "pass --max-k 16")
+    if max_batch_size is not None:
+        check_batch_size(max_batch_size, workload.train_size, field="max_batch_size")
+        if max_batch_size < 2 * b:
+            raise bad("max_batch_size", max_batch_size, f"at least twice the batch {b}", "raise it")
+    elif 2 * b > workload.train_size:
+        raise bad(
+            "batch_size", b, f"at most half the training set ({workload.train_size})", "pass a smaller one"
+        )
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
+        raise bad("epsilon", epsilon, "a number in (0, 1)", "pass --epsilon 0.2")
+    if branch_examples is not None and (
+        isinstance(branch_examples, bool) or not isinstance(branch_examples, int) or branch_examples < 2 * b
+    ):
+        raise bad("branch_examples", branch_examples, f"an integer >= {2 * b} (two batches)", "leave it out")
+    return b
+
+
+def _checkpoint_folder(store: Store | None) -> tuple[Path, bool]:
+    """Beside the store, so that a resumed study finds them; a temporary folder without one."""
+    if store is not None:
+        return Path(store.path).parent / "checkpoints", False
+    return Path(tempfile.mkdtemp(prefix="batchlab-checkpoints-")), True
+
+
+def _checkpointed_run(
+    store: Store | None,
+    workload: Workload,
+    *,
+    b: int,
+    lr: float,
+    epochs: float,
+    steps: list[int],
+    folder: Path,
+    seed: int,
+    device: torch.device,
+) -> TrainResult:
+    """The constant batch run with its checkpoints (trained again if a reused run's files are gone)."""
+    settings: dict[str, Any] = dict(
+        batch_size=b,
+        lr=lr,
+        max_epochs=epochs,
+        checkpoint_at=steps,
+        checkpoint_dir=str(folder / f"b{b}-seed{seed}"),
+        seed=seed,
+        device=device,
+    )
+    result, reused = recorded_train(store, workload, kind="study", **settings)
+    have = {c["step"] for c in result.checkpoints if Path(c["path"]).is_file()}
+    if reused and not set(steps) <= have:
+        result = train(workload, **settings)  # the same run, for its files: its curve is the stored one
+    if not set(steps) <= {c["step"] for c in result.checkpoints}:
+        raise bad(
+            "points",
+            steps,
+            f"steps the constant run reaches ({result.steps}; it diverged)",
+            "pass earlier points",
+        )
+    return result
+
+
+def _measure_point(
+    workload: Workload,
+    *,
+    store: Store | None,
+    checkpoint: dict[str, Any],
+    fraction: float,
+    b: int,
+    lr: float,
+    ks: list[int],
+    length: int,
+    rule: LrRule,
+    epsilon: float,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Branch from one checkpoint at every k; the critical batch there and B_simple beside it."""
+    metric = loss_metric(workload)
+    step, path = checkpoint["step"], checkpoint["path"]
+    losses: dict[int, float] = {}
+    arms, start_loss = [], math.nan
+    for k in ks:
+        steps = length // (k * b)
+        branch_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=k * b)
+        run, _ = recorded_train(
+            store,
+            workload,
+            kind="study",
+            batch_size=k * b,
+            lr=branch_lr,
+            max_steps=step + steps,
+            eval_every=max(1, steps // BRANCH_EVALS),
+            resume_from=path,
+            seed=seed,
+            device=device,
+        )
+        start_loss = run.curve[0].value(metric) or math.nan
+        losses[k] = smoothed_loss(run.curve, step, steps, metric)
+        arms.append(
+            {
+                "step": step,
+                "k": k,
+                "batch_size": k * b,
+                "lr": branch_lr,
+                "updates": steps,
+                "examples": steps * k * b,
+                "loss": losses[k],
+                "diverged": run.diverged,
+                "curve": [
+                    {"examples": p.examples - run.curve[0].examples, "loss": p.value(metric)}
+                    for p in run.curve
+                ],
+            }
+        )
+    k_star = critical_from_branches(start_loss, losses, epsilon)
+    base = start_loss - losses[1]
+    for arm in arms:
+        arm["progress"] = start_loss - arm["loss"]
+        arm["progress_ratio"] = arm["progress"] / base if base > 0 else None
+    model = fresh_model(workload, seed, device)
+    load_model(path, model)
+    reading = noise_at_parameters(
+        model, workload, micro_batch=b, device=device, max_examples=NOISE_EXAMPLES, seed=seed
+    )
+    row = {
+        "point": f"{fraction:.0%}",
+        "fraction": fraction,
+        "step": step,
+        "examples": checkpoint["examples"],
+        "loss": start_loss,
+        "critical_batch": None if k_star is None else k_star * b,
+        "lower_bound": k_star == ks[-1],  # every branch kept up: it lies at or past the largest tried
+        "b_simple": reading.b_simple,
+        "b_simple_stderr": reading.b_simple_stderr,
+        "branch_examples": length,
+    }
+    return row, arms
+
+
+def _validation_row(group: str, label: str, run: TrainResult, workload: Workload) -> dict[str, Any]:
+    metric = loss_metric(workload)
+    last = run.curve[-1]
+    return {
+        "arm": label,
+        "group": group,
+        "batch_size": run.batch_size,
+        "lr": run.lr,
+        "updates_to_target": run.steps_to_target,
+        "examples_to_target": run.examples_to_target,
+        "seconds_to_target": run.seconds_to_target,
+        "updates": run.steps,
+        "examples": run.examples,
+        "final_loss": last.value(metric),
+        "final_batch_size": last.batch_size,
+        "diverged": run.diverged,
+    }
+
+
+def _validation_curve(group: str, label: str, run: TrainResult, workload: Workload) -> dict[str, Any]:
+    metric = loss_metric(workload)
+    return {
+        "label": label,
+        "group": group,
+        "curve": [
+            {
+                "step": p.step,
+                "examples": p.examples,
+                "epoch": p.examples / workload.train_size,
+                "batch_size": p.batch_size,
+                "lr": p.lr,
+                "train_loss": p.train_loss,
+                "eval_loss": p.eval_loss,
+                metric: p.value(metric),
+            }
+            for p in run.curve
+        ],
+    }
+
+
+def _fmt_batch(row: dict[str, Any]) -> str:
+    if row["critical_batch"] is None:
+        return "-"
+    return f"{'>= ' if row['lower_bound'] else ''}{row['critical_batch']}"
+
+
+def _findings(
+    rows: list[dict[str, Any]],
+    validation: list[dict[str, Any]],
+    *,
+    rule: LrRule,
+    epsilon: float,
+    length: int,
+    b: int,
+    workload: Workload,
+) -> list[str]:
+    rate = "sqrt(k) x the rate (adaptive optimizer)" if rule is LrRule.SQRT else "k x the rate (SGD)"
+    out = [
+        f"Critical batch by branched training (the largest k x {b} whose {loss_metric(workload)} fell by at "
+        f"least {1 - epsilon:.0%} as much as batch {b}'s over the same {length:,} examples, at {rate}): "
+        + "; ".join(f"{_fmt_batch(r)} at {r['point']} of the steps to target" for r in rows)
+        + ".",
+        "B_simple at the same parameters: "
+        + "; ".join(f"{r['b_simple']:.3g} +- {r['b_simple_stderr']:.2g}" for r in rows)
+        + ".",
+    ]
+    none = [r["point"] for r in rows if r["critical_batch"] is None]
+    if none:
+        out.append(
+            f"At {', '.join(none)} batch {b} itself made no progress over the branch: no critical batch "
+            "can be read there (the loss is at its floor, or the branch is too short)."
+        )
+    exact = [r for r in rows if r["critical_batch"] is not None and not r["lower_bound"]]
+    if len(exact) >= 2:
+        ratios = [r["critical_batch"] / r["b_simple"] for r in exact if r["b_simple"] > 0]
+        if ratios:
+            out.append(
+                f"Measured over B_simple: {min(ratios):.2g}x to {max(ratios):.2g}x: "
+                + (
+                    "the noise scale is a fair proxy here."
+                    if min(ratios) >= 0.5 and max(ratios) <= 2
+                    else "the noise scale alone would misplace the batch here."
+                )
+            )
+    by = {v["group"]: v for v in validation}
+    c, r = by["constant"], by["ramp"]
+    if c["updates_to_target"] and r["updates_to_target"]:
+        saved = 1 - r["updates_to_target"] / c["updates_to_target"]
+        out.append(
+            f"The ramp reached the target in {r['updates_to_target']} updates against "
+            f"{c['updates_to_target']} at constant batch {b} ({saved:.0%} fewer), with "
+            f"{r['examples_to_target']:,} examples against {c['examples_to_target']:,}; after the same "
+            f"{c['examples']:,} examples its {loss_metric(workload)} was {r['final_loss']:.4g} "
+            f"against {c['final_loss']:.4g}."
+        )
+    elif not r["updates_to_target"]:
+        out.append("The ramp did not reach the target in the validation budget: the measurement overshot.")
+    if "advised" in by and by["advised"]["updates_to_target"] and r["updates_to_target"]:
+        a = by["advised"]
+        out.append(
+            f"The advised constant batch {a['batch_size']}: {a['updates_to_target']} updates to target, "
+            f"final {loss_metric(workload)} {a['final_loss']:.4g}."
+        )
+    return out

@@ -1,0 +1,223 @@
+"""Checkpoints and branches, the branched critical batch against linear regression's exact
+dynamics, and the ramp built from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from batchlab import BatchlabError, Target, Workload
+from batchlab.critical import BRANCH_EVALS, SMOOTHING, critical_from_branches
+from batchlab.lr import scale_lr
+from batchlab.schedule import BatchSchedule
+from batchlab.store import Store
+from batchlab.study import run_study
+from batchlab.train import train
+from batchlab.workloads import linreg
+
+
+def _adam_dropout() -> Workload:
+    """Adam (moments to restore) and dropout (random state to restore), on a separable problem."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(600, 10, generator=g)
+    y = (x[:, :3].sum(dim=1) > 0).long()
+
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
+
+    return Workload(
+        name="adam-dropout",
+        model=model,
+        train_data=TensorDataset(x[:500], y[:500]),
+        eval_data=TensorDataset(x[500:], y[500:]),
+        loss=nn.functional.cross_entropy,
+        optimizer=lambda params, lr: torch.optim.Adam(params, lr=lr),
+        batch_size=16,
+        lr=3e-3,
+        target=Target(metric="eval_loss", value=0.3),
+    )
+
+
+@pytest.mark.parametrize("workload", ["digits-cnn", "adam-dropout"])
+def test_a_run_resumed_at_its_own_settings_repeats_the_unbranched_curve(
+    workload: str, tmp_path: Path
+) -> None:
+    wl = _adam_dropout() if workload == "adam-dropout" else workload
+    # 70 steps of 32 on a 1,437-example set cross an epoch boundary after the checkpoint at 40.
+    full = train(wl, batch_size=32, max_steps=70, checkpoint_at=[40], checkpoint_dir=tmp_path, seed=5)
+    assert [c["step"] for c in full.checkpoints] == [40]
+    resumed = train(wl, batch_size=32, max_steps=70, resume_from=full.checkpoints[0]["path"], seed=5)
+    before = {p.step: p for p in full.curve}
+    assert resumed.curve[0].step == 40 and resumed.resumed_from["step"] == 40
+    assert resumed.curve[0].train_loss == before[40].train_loss  # the same parameters
+    common = [p for p in resumed.curve if p.step in before]
+    assert len(common) >= 5
+    for point in common:  # bit for bit on the CPU: the same examples, moments and dropout masks
+        assert point.train_loss == before[point.step].train_loss
+        assert point.eval_loss == before[point.step].eval_loss
+        assert point.examples == before[point.step].examples
+    assert resumed.steps == full.steps == 70 and resumed.examples == full.examples
+    assert resumed.final_eval_loss == full.final_eval_loss
+
+
+def test_a_branch_sees_the_same_examples_in_order_at_a_larger_batch(tmp_path: Path) -> None:
+    """From a checkpoint, one step of 2B covers the examples of two steps of B: with plain SGD on a
+    linear model and the rate doubled, one step of 2B equals two steps of B to first order in the
+    rate; with a tiny rate they agree to 1e-6."""
+    wl = dataclasses.replace(linreg.workload(), lr=1e-4)
+    saved = train(
+        wl, batch_size=8, max_steps=10, checkpoint_at=[10], checkpoint_dir=tmp_path, keep_model=True
+    )
+    path = saved.checkpoints[0]["path"]
+    small = train(wl, batch_size=8, lr=1e-4, max_steps=12, resume_from=path, keep_model=True)
+    large = train(wl, batch_size=16, lr=2e-4, max_steps=11, resume_from=path, keep_model=True)
+    assert small.examples == large.examples == 10 * 8 + 16
+    moved_small = linreg.weights(small.model) - linreg.weights(saved.model)
+    moved_large = linreg.weights(large.model) - linreg.weights(saved.model)
+    assert float((moved_small - moved_large).norm()) < 1e-3 * float(moved_small.norm())
+
+
+def test_bad_checkpoint_settings_get_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(BatchlabError, match="checkpoint_dir"):
+        train("linreg", batch_size=32, max_steps=5, checkpoint_at=[2])
+    with pytest.raises(BatchlabError, match="checkpoint_at"):
+        train("linreg", batch_size=32, max_steps=5, checkpoint_at=[1.5], checkpoint_dir=tmp_path)
+    with pytest.raises(BatchlabError, match="an existing checkpoint file"):
+        train("linreg", batch_size=32, max_steps=5, resume_from=tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(BatchlabError, match="a checkpoint saved by batchlab"):
+        train("linreg", batch_size=32, max_steps=5, resume_from=tmp_path / "junk.pt")
+    saved = train("linreg", batch_size=32, max_steps=4, checkpoint_at=[0.5], checkpoint_dir=tmp_path)
+    assert [c["step"] for c in saved.checkpoints] == [2]
+    with pytest.raises(BatchlabError, match="a checkpoint of digits-mlp"):
+        train("digits-mlp", batch_size=32, max_steps=5, resume_from=saved.checkpoints[0]["path"])
+
+
+# The branched critical batch against linear regression's exact expected dynamics ------------------
+
+
+def _expected_branch_losses(
+    m0: float, *, lr: float, b: int, ks: list[int], length: int, noise: float
+) -> dict[int, float]:
+    """E|w - w_hat|^2 along SGD on half squared error with x ~ N(0, I_d): one step at batch B and rate
+    eta maps m to ((1 - eta)^2 + eta^2 (d + 1) / B) m + eta^2 d sigma^2 / B (science.md, Gaussian
+    fourth moments), smoothed at the evaluations the study makes (the last SMOOTHING of a branch's
+    BRANCH_EVALS). Half of it is the excess loss, so progress ratios follow from it."""
+    d = linreg.DIM
+    out = {}
+    for k in ks:
+        eta, batch, steps = k * lr, k * b, length // (k * b)
+        c = (1 - eta) ** 2 + eta**2 * (d + 1) / batch
+        m, values = m0, []
+        every = max(1, steps // BRANCH_EVALS)
+        for step in range(1, steps + 1):
+            m = c * m + eta**2 * d * noise / batch
+            if (step % every == 0 or step == steps) and step >= (1 - SMOOTHING) * steps:
+                values.append(m)
+        out[k] = 0.5 * sum(values) / len(values)
+    return out
+
+
+def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(tmp_path: Path) -> None:
+    """On linreg the expected branch losses are known in closed form at any parameters, so the
+    critical batch the rule should find at each checkpoint is too. The measurement is one SGD run a
+    branch on a finite training set (whose covariance departs from I by ~sqrt(d/N) = 4%, which moves
+    the largest rates' progress); near the rule's threshold that can flip one grid step, so each
+    point must be within a factor of 2 (one grid step) of the exact answer, and most must be exact.
+    The target sits well above the loss floor, so that a branch's progress stands clear of SGD's
+    stationary fluctuation (eta d sigma^2 / 2B ~ 0.1 in m here)."""
+    target = Target(metric="eval_loss", value=0.75)
+    wl = dataclasses.replace(linreg.workload(), batch_size=8, lr=0.1, target=target)
+    with Store(tmp_path / "results.db") as store:
+        study = run_study("critical-batch", wl, store=store, max_k=16)
+    x, y = linreg._data()[0].double(), linreg._data()[1].double()
+    w_hat = torch.linalg.lstsq(x, y).solution
+    noise = float((x @ w_hat - y).pow(2).mean())  # the residual variance at the empirical minimum
+    length, ks = study.settings["branch_examples"], study.settings["ks"]
+    assert ks == [1, 2, 4, 8, 16]
+    exact_hits, measured = 0, []
+    for row in study.rows:
+        path = tmp_path / "checkpoints" / "b8-seed0" / f"step-{row['step']:08d}.pt"
+        w = torch.load(path, weights_only=True)["model"]["linear.weight"].reshape(-1).double()
+        m0 = float((w - w_hat).pow(2).sum())
+        expected = _expected_branch_losses(m0, lr=0.1, b=8, ks=ks, length=length, noise=noise)
+        k_exact = critical_from_branches(0.5 * m0, expected)
+        assert k_exact is not None
+        measured.append((row["critical_batch"], 8 * k_exact))
+        assert row["critical_batch"] is not None
+        assert 0.5 <= row["critical_batch"] / (8 * k_exact) <= 2, measured
+        exact_hits += row["critical_batch"] == 8 * k_exact
+    assert exact_hits >= len(study.rows) / 2, measured
+    # The answer lies inside the grid, so a measurement could miss it on either side.
+    assert any(1 < k // 8 < 16 for _, k in measured), measured
+
+
+# The ramp -------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.sampled_from([1, 8, 32, 48]),
+    criticals=st.lists(st.floats(min_value=0.5, max_value=1e5), min_size=1, max_size=6),
+    cap_factor=st.sampled_from([None, 1, 3, 16, 100]),
+    rule=st.sampled_from(["linear", "sqrt", "none"]),
+)
+def test_the_ramp_never_shrinks_never_passes_the_cap_and_its_rate_follows_the_rule(
+    batch: int, criticals: list[float], cap_factor: int | None, rule: str
+) -> None:
+    points = [(1000 * (i + 1), c) for i, c in enumerate(criticals)]
+    cap = None if cap_factor is None else batch * cap_factor
+    ramp = BatchSchedule.ramp(points, batch_size=batch, rule=rule, max_batch_size=cap)
+    sizes = [p.batch_size for p in ramp.phases]
+    assert sizes[0] == batch and ramp.phases[0].lr_factor == 1.0
+    assert all(b > a for a, b in itertools.pairwise(sizes))  # grows at each new phase
+    assert cap is None or max(sizes) <= cap
+    for phase in ramp.phases:
+        expected = scale_lr(rule, lr_ref=1.0, batch_ref=batch, batch_size=phase.batch_size)
+        assert math.isclose(phase.lr_factor, expected, rel_tol=1e-12)
+        # Never past what any measurement from its start on allows (unless it is the first batch).
+        later = [c for e, c in points if e >= (phase.start_examples or 0)]
+        if phase.batch_size > batch:
+            assert phase.batch_size <= min(later)
+            assert any(e == phase.start_examples for e, _ in points)
+
+
+def test_the_ramp_doubles_where_the_critical_batch_passes_twice_the_batch() -> None:
+    ramp = BatchSchedule.ramp([(100, 50), (300, 70), (600, 300), (900, 1000)], batch_size=16, rule="sqrt")
+    assert [(p.start_examples, p.batch_size) for p in ramp.phases] == [
+        (0, 16),
+        (100, 32),
+        (300, 64),
+        (600, 256),
+        (900, 512),
+    ]
+    assert [p.lr_factor for p in ramp.phases] == [1, math.sqrt(2), 2, 4, math.sqrt(32)]
+    held = BatchSchedule.ramp([(100, 500), (300, 40)], batch_size=16)  # a later fall holds it back
+    assert [p.batch_size for p in held.phases] == [16, 32]
+
+
+def test_a_ramp_trains_through_train_and_the_sampler_with_its_batch_changing_mid_epoch() -> None:
+    ramp = BatchSchedule.ramp([(100, 64)], batch_size=16, rule="linear")  # 16 until 112, then 64
+    result = train("linreg", batch_size=ramp, max_steps=20, eval_every=1)
+    sizes = [p.batch_size for p in result.curve[1:]]
+    assert sizes == [16] * 7 + [64] * 13  # 7 x 16 = 112 >= 100: the 8th step is the first of 64
+    expected = [0.02 * s / 32 for s in sizes]  # the reference is 32 at 0.02, the rule linear
+    assert [p.lr for p in result.curve[1:]] == pytest.approx(expected, rel=1e-12)
+    assert result.examples == 7 * 16 + 13 * 64
+    sampler = ramp.batch_sampler(200, seed=1)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [16] * 7 + [64]  # 112 + 64 = 176; the next 64 would not fit
+    assert len(sampler) == len(batches)
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat)
+    sampler.set_epoch(1)
+    assert [len(b) for b in sampler] == [64, 64, 64]
