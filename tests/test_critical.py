@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from batchlab.store import Store
 from batchlab.study import run_study
 from batchlab.train import train
 from batchlab.workloads import linreg
+
+from .helpers import assert_one_line_error, invoke, invoke_json
 
 
 def _adam_dropout() -> Workload:
@@ -221,3 +224,70 @@ def test_a_ramp_trains_through_train_and_the_sampler_with_its_batch_changing_mid
     assert len(set(flat)) == len(flat)
     sampler.set_epoch(1)
     assert [len(b) for b in sampler] == [64, 64, 64]
+
+
+# From the command line ------------------------------------------------------------------------------
+
+
+def test_cli_study_saves_a_ramp_that_train_takes_and_resumes_from_its_runs(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    args = ("study", "critical-batch", "--workload", "linreg", "--max-k", "4", "--out", str(out))
+    data = invoke_json(*args)
+    assert [r["point"] for r in data["rows"]] == ["10%", "25%", "50%", "75%"]
+    assert len(data["extra"]["branches"]) == 4 * 3  # k = 1, 2, 4 at each point
+    assert {v["group"] for v in data["extra"]["validation"]} == {"constant", "ramp"}
+    ramp = json.loads((out / "ramp.json").read_text())
+    assert ramp == data["extra"]["ramp"]
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    with Store(out / "results.db", lock=False) as store:
+        done = store.count_runs("done")
+    again = invoke_json(*args)  # everything reused from the store and the checkpoints
+    assert again["rows"] == data["rows"]
+    with Store(out / "results.db", lock=False) as store:
+        assert store.count_runs("done") == done
+    trained = invoke_json(
+        "train", "--workload", "linreg", "--batch-schedule", str(out / "ramp.json"), "--max-steps", "50"
+    )
+    assert trained["batch_schedule"] == (ramp if len(ramp["phases"]) > 1 else None)
+    assert trained["batch_size"] == ramp["phases"][0]["batch_size"]
+
+
+def test_cli_bad_critical_batch_and_schedule_input_is_one_line(tmp_path: Path) -> None:
+    result = invoke(
+        "study", "critical-batch", "--workload", "linreg", "--points", "0.5,1.5", "--out", str(tmp_path)
+    )
+    assert_one_line_error(result, "points", "fractions in (0, 1)")
+    result = invoke(
+        "study", "critical-batch", "--workload", "linreg", "--epsilon", "2", "--out", str(tmp_path)
+    )
+    assert_one_line_error(result, "epsilon", "(0, 1)")
+    result = invoke("train", "--workload", "linreg", "--batch-schedule", str(tmp_path / "none.json"))
+    assert_one_line_error(result, "--batch-schedule", "an existing file")
+    (tmp_path / "bad.json").write_text(
+        '{"phases": [{"batch_size": 8, "start_epoch": 0, "lr_factor": 1, "x": 1}]}'
+    )
+    result = invoke("train", "--workload", "linreg", "--batch-schedule", str(tmp_path / "bad.json"))
+    assert_one_line_error(result, "batch_schedule.phases", "ramp.json")
+    (tmp_path / "ok.json").write_text('{"phases": [{"batch_size": 8, "start_examples": 0, "lr_factor": 1}]}')
+    result = invoke(
+        "train", "--workload", "linreg", "--batch-schedule", str(tmp_path / "ok.json"), "-b", "16"
+    )
+    assert_one_line_error(result, "--batch-size", "--batch-schedule")
+
+
+def test_cli_advise_schedule_offers_a_ramp_only_when_it_saves_updates(tmp_path: Path) -> None:
+    data = invoke_json(
+        "advise", "--workload", "linreg", "--schedule", "--full-memory", "--out", str(tmp_path)
+    )
+    plan = data["schedule"]
+    phases = plan["ramp"]["phases"]
+    assert phases[0]["batch_size"] == data["batch_size"]  # the ramp starts at the advice
+    assert plan["offered"] == (
+        len(phases) > 1 and plan["predicted_updates_to_target"] < plan["constant_updates_to_target"]
+    )
+    assert plan["predicted_updates_to_target"] <= plan["worst_case_updates"]
+    for phase in phases:  # SGD: the rate follows the batch linearly from the advised point
+        assert phase["lr_factor"] == pytest.approx(phase["batch_size"] / data["batch_size"])
+    assert 1 <= len(plan["points"]) <= 4  # fewer when the run is too short for four distinct steps
+    assert json.loads((tmp_path / "advice.json").read_text())["schedule"] == plan
+    assert "A batch ramp" in (tmp_path / "report.html").read_text()

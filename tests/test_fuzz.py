@@ -39,7 +39,7 @@ NASTY = [
     "99999999999999999999", "2**31", "３２", "٣", "\u202e32", "a,b", ",", "1,,2", "0,0", "-4,8",
     "8,nan", "1GiB", "-1GiB", "0B", "1e99TiB", "nanGiB", "12 MiB", "cuda", "cuda:7", "mps", "cpu",
     "auto", "tpu", "linear", "sqrt", "noise", "fp16", "bf16", "fp64", "\U0001f642", "x" * 300,
-    "lr-scaling", "increase-batch", "generalization", "noise-vs-batch",
+    "lr-scaling", "increase-batch", "generalization", "noise-vs-batch", "critical-batch",
 ]  # fmt: skip
 WORKLOADS = ["linreg", "nope", "missing.py:workload", "broken.py:workload", "os:getcwd", "json:loads", ":"]
 PATHS = ["out", "file.txt", "missing/deep/out", "/dev/null", "broken.py", ".", "\u00e9t\u00e9/out"]

@@ -842,6 +842,9 @@ def advise_command(
     devices: str = typer.Option(
         None, "--devices", metavar="INT", help="--emit: devices to split the batch over (default: 1)"
     ),
+    schedule: bool = typer.Option(
+        False, "--schedule", help="also measure the critical batch along training and offer a batch ramp"
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
@@ -868,6 +871,8 @@ def advise_command(
             progress=lambda text: status.update(f"[bold]{text}"),
         )
     data = result.to_dict()
+    if schedule:
+        data["schedule"] = advise_schedule(wl, data, out=out, device=device, console=console)
     cap = None if data["max_batch_size"] is None else data["max_batch_size"] // data["world_size"]
     try:  # (a --devices that does not divide the advised batch is said after the advice, not instead)
         settings = trainer_settings(data["batch_size"], data["lr"], devices=device_count, max_per_device=cap)
@@ -885,6 +890,30 @@ def advise_command(
         Console().print(text, highlight=False, markup=False, soft_wrap=True)
     if _dist.is_main():
         console.print(f"report: [bold]{write_report(out)}[/]", highlight=False)
+
+
+def advise_schedule(
+    wl: Any, data: dict[str, Any], *, out: Path, device: str, console: Console
+) -> dict[str, Any]:
+    """`advise --schedule`: the ramp from the advised point, its runs kept in the store (resumable)."""
+    from .critical import schedule_advice
+
+    store = open_store(out)
+    try:
+        with console.status("", spinner="dots") as status:
+            return schedule_advice(
+                wl,
+                batch_size=data["batch_size"],
+                lr=data["lr"],
+                max_batch_size=data["max_batch_size"],
+                cap_is_lower_bound=data["max_batch_size_is_lower_bound"],
+                store=store,
+                device=device,
+                progress=lambda text: status.update(f"[bold]schedule: {text}"),
+            )
+    finally:
+        if store is not None:
+            store.close()
 
 
 def advice_table(data: dict[str, Any]) -> Table:
@@ -909,7 +938,14 @@ def advice_table(data: dict[str, Any]) -> Table:
     table.add_row("largest batch that fits", fits, "")
     table.add_row("B_noise", fmt(data["b_noise"], 3), "")
     table.add_row("throughput knee", fmt(data["knee_batch_size"]), "")
-    table.caption = "\n".join(data["rationale"] + [f"note: {line}" for line in data["limitations"]])
+    if data.get("schedule"):
+        plan = data["schedule"]
+        ramp = " -> ".join(str(p["batch_size"]) for p in plan["ramp"]["phases"]) if plan.get("ramp") else "-"
+        table.add_row("batch ramp", ramp if plan["offered"] else "not offered", "")
+    lines = data["rationale"] + [f"note: {line}" for line in data["limitations"]]
+    if data.get("schedule"):
+        lines.append(f"schedule: {data['schedule']['why']}")
+    table.caption = "\n".join(lines)
     return table
 
 
@@ -1028,6 +1064,8 @@ def study_command(
         emit_json(data)
         return
     render(study_table(data))
+    if "validation" in data["extra"]:
+        render(validation_table(data))
     for line in data["findings"]:
         Console().print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
     err_console().print(f"report: [bold]{folder / 'report.html'}[/]", highlight=False)
@@ -1038,13 +1076,28 @@ def study_table(data: dict[str, Any]) -> Table:
     keys = ["arm", "batch_size", "lr", "updates", "final_train_loss", "final_eval_loss", "generalization_gap"]
     if data["study"] == "noise-vs-batch":
         keys = ["batch_size", "spread", "law_spread", "ratio", "z"]
+    if data["study"] == "critical-batch":
+        keys = ["point", "step", "examples", "loss", "critical_batch", "b_simple", "b_simple_stderr"]
     for extra in ("curve_distance", "sharpness", "epsilon_sharpness"):
         if any(extra in r for r in data["rows"]):
             keys.append(extra)
     for key in keys:
         table.add_column(key.replace("_", " "), justify="left" if key == "arm" else "right")
     for row in data["rows"]:
-        table.add_row(*[fmt(row.get(k), 3) for k in keys])
+        cells = [fmt(row.get(k), 3) for k in keys]
+        if row.get("lower_bound"):  # every branch kept up: the critical batch is at least this
+            cells[keys.index("critical_batch")] = ">= " + cells[keys.index("critical_batch")]
+        table.add_row(*cells)
+    return table
+
+
+def validation_table(data: dict[str, Any]) -> Table:
+    table = Table(title="the ramp against the constant batch, trained side by side")
+    keys = ["arm", "updates_to_target", "examples_to_target", "seconds_to_target", "examples", "final_loss"]
+    for key in keys:
+        table.add_column(key.replace("_", " "), justify="left" if key == "arm" else "right")
+    for row in data["extra"]["validation"]:
+        table.add_row(*[fmt(row.get(k), 4) for k in keys])
     return table
 
 

@@ -20,6 +20,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,32 +106,39 @@ def critical_from_branches(
     return best
 
 
-def critical_batch(
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """The critical batch at points of one run, the branches behind it, and the ramp built from it."""
+
+    rows: list[dict[str, Any]]
+    branches: list[dict[str, Any]]
+    ramp: BatchSchedule
+    constant: TrainResult  # the run at the constant batch that the checkpoints came from
+    settings: dict[str, Any]
+
+
+def measure(
     workload: Workload,
     *,
-    batch_size: int | None = None,
+    batch_size: int,
+    lr: float,
     points: Sequence[float] = POINTS,
     max_k: int = MAX_K,
     max_batch_size: int | None = None,
     epsilon: float = EPSILON,
     branch_examples: int | None = None,
-    advised_batch_size: int | None = None,
     store: Store | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: Any = None,
-) -> Any:
-    """Measure the critical batch at `points` of the reference run by branched training, B_simple
-    beside it, build the ramp, and train it against the constant batch. See the module's text."""
-    from .study import StudyName, StudyResult
-
+) -> Measurement:
+    """Train at `batch_size` and `lr` to the target, branch at `points` of its steps, and read the
+    critical batch at each by the rule (EPSILON); B_simple beside it; the ramp from the points."""
     b = _check_options(workload, batch_size, points, max_k, max_batch_size, epsilon, branch_examples)
     cap = min(workload.train_size, max_batch_size or workload.train_size)
     rule = branch_rule(workload)
-    lr = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
     dev = resolve_device(device)
     say = progress or (lambda label: None)
-
     say(f"reference run at batch {b} to the target")
     reference, _ = recorded_train(
         store, workload, kind="study", batch_size=b, lr=lr, until_target=True, seed=seed, device=dev
@@ -139,7 +147,7 @@ def critical_batch(
         raise bad(
             "workload.target",
             workload.target.to_dict(),
-            f"a target the reference run (batch {b}, lr {lr:.3g}) reaches in {reference.steps} steps",
+            f"a target the run at batch {b}, lr {lr:.3g} reaches in {reference.steps} steps",
             "set a target it reaches, or pass --batch-size with a batch that trains",
         )
     steps_to_target = reference.steps_to_target
@@ -152,7 +160,6 @@ def critical_batch(
     )
     length = k_top * b * math.ceil(length / (k_top * b))  # every branch sees exactly these examples
     longest = VALIDATION_LENGTH * examples_to_target / workload.train_size
-
     folder, owned = _checkpoint_folder(store)
     try:
         say(f"checkpoints at steps {', '.join(map(str, at_steps))}")
@@ -179,62 +186,126 @@ def critical_batch(
             )
             rows.append(row)
             branches.extend(arms)
-        ramp = BatchSchedule.ramp(
-            [(r["examples"], r["critical_batch"]) for r in rows if r["critical_batch"] is not None],
-            batch_size=b,
-            rule=rule,
-            max_batch_size=cap,
-        )
-        say("the ramp against the constant batch")
-        trained = [("constant", f"constant {b}", constant)]
-        ramp_run, _ = recorded_train(
-            store, workload, kind="study", batch_size=ramp, lr=lr, max_epochs=longest, seed=seed, device=dev
-        )
-        trained.append(("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in ramp.phases), ramp_run))
-        if advised_batch_size is not None:
-            advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
-            advised, _ = recorded_train(
-                store,
-                workload,
-                kind="study",
-                batch_size=advised_batch_size,
-                lr=advised_lr,
-                max_epochs=longest,
-                seed=seed,
-                device=dev,
-            )
-            trained.append(("advised", f"advised constant {advised_batch_size}", advised))
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
+    ramp = BatchSchedule.ramp(
+        [(r["examples"], r["critical_batch"]) for r in rows if r["critical_batch"] is not None],
+        batch_size=b,
+        rule=rule,
+        max_batch_size=cap,
+    )
+    settings = {
+        "batch_size": b,
+        "lr": lr,
+        "rule": rule.value,
+        "points": [round(s / steps_to_target, 4) for s in at_steps],
+        "checkpoint_steps": at_steps,
+        "ks": ks,
+        "epsilon": epsilon,
+        "branch_examples": length,
+        "smoothing": SMOOTHING,
+        "loss_metric": loss_metric(workload),
+        "max_batch_size": cap,
+        "validation_epochs": longest,
+        "reference_steps_to_target": steps_to_target,
+        "reference_examples_to_target": examples_to_target,
+        "seed": seed,
+    }
+    return Measurement(rows=rows, branches=branches, ramp=ramp, constant=constant, settings=settings)
+
+
+def ramp_updates(ramp: BatchSchedule, examples: int) -> int:
+    """The updates the ramp takes over its first `examples` examples (ignoring epoch ends)."""
+    starts = [p.start_examples or 0 for p in ramp.phases] + [examples]
+    total = 0.0
+    for phase, start, stop in zip(ramp.phases, starts, starts[1:], strict=False):
+        if start < examples:
+            total += (min(stop, examples) - start) / phase.batch_size
+    return math.ceil(total)
+
+
+def critical_batch(
+    workload: Workload,
+    *,
+    batch_size: int | None = None,
+    points: Sequence[float] = POINTS,
+    max_k: int = MAX_K,
+    max_batch_size: int | None = None,
+    epsilon: float = EPSILON,
+    branch_examples: int | None = None,
+    advised_batch_size: int | None = None,
+    store: Store | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: Any = None,
+) -> Any:
+    """Measure the critical batch at `points` of the reference run by branched training, B_simple
+    beside it, build the ramp, and train it against the constant batch. See the module's text."""
+    from .study import StudyName, StudyResult
+
+    b = workload.batch_size if batch_size is None else batch_size
+    check_batch_size(b, workload.train_size)
+    rule = branch_rule(workload)
+    lr = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
+    dev = resolve_device(device)
+    say = progress or (lambda label: None)
+    found = measure(
+        workload,
+        batch_size=b,
+        lr=lr,
+        points=points,
+        max_k=max_k,
+        max_batch_size=max_batch_size,
+        epsilon=epsilon,
+        branch_examples=branch_examples,
+        store=store,
+        seed=seed,
+        device=dev,
+        progress=say,
+    )
+    longest = found.settings["validation_epochs"]
+    say("the ramp against the constant batch")
+    trained = [("constant", f"constant {b}", found.constant)]
+    ramp_run, _ = recorded_train(
+        store, workload, kind="study", batch_size=found.ramp, lr=lr, max_epochs=longest, seed=seed, device=dev
+    )
+    trained.append(("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in found.ramp.phases), ramp_run))
+    if advised_batch_size is not None:
+        check_batch_size(advised_batch_size, workload.train_size, field="advised_batch_size")
+        advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
+        advised, _ = recorded_train(
+            store,
+            workload,
+            kind="study",
+            batch_size=advised_batch_size,
+            lr=advised_lr,
+            max_epochs=longest,
+            seed=seed,
+            device=dev,
+        )
+        trained.append(("advised", f"advised constant {advised_batch_size}", advised))
     validation = [_validation_row(group, label, run, workload) for group, label, run in trained]
     runs = [_validation_curve(group, label, run, workload) for group, label, run in trained]
-    findings = _findings(rows, validation, rule=rule, epsilon=epsilon, length=length, b=b, workload=workload)
+    findings = _findings(
+        found.rows,
+        validation,
+        rule=rule,
+        epsilon=epsilon,
+        length=found.settings["branch_examples"],
+        b=b,
+        workload=workload,
+    )
     return StudyResult(
         study=StudyName.CRITICAL_BATCH.value,
         workload=workload.name,
         question="How large can the batch be at each point of training, and does a batch that ramps up "
         "to follow it save updates?",
         findings=tuple(findings),
-        settings={
-            "batch_size": b,
-            "lr": lr,
-            "rule": rule.value,
-            "points": [round(s / steps_to_target, 4) for s in at_steps],
-            "checkpoint_steps": at_steps,
-            "ks": ks,
-            "epsilon": epsilon,
-            "branch_examples": length,
-            "smoothing": SMOOTHING,
-            "loss_metric": loss_metric(workload),
-            "max_batch_size": cap,
-            "validation_epochs": longest,
-            "reference_steps_to_target": steps_to_target,
-            "seed": seed,
-        },
-        rows=tuple(rows),
+        settings=found.settings,
+        rows=tuple(found.rows),
         runs=tuple(runs),
-        extra={"branches": branches, "validation": validation, "ramp": ramp.to_dict()},
+        extra={"branches": found.branches, "validation": validation, "ramp": found.ramp.to_dict()},
     )
 
 
@@ -501,3 +572,62 @@ def _findings(
             f"final {loss_metric(workload)} {a['final_loss']:.4g}."
         )
     return out
+
+
+def schedule_advice(
+    workload: Workload,
+    *,
+    batch_size: int,
+    lr: float,
+    max_batch_size: int | None = None,
+    cap_is_lower_bound: bool = False,
+    store: Store | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: Any = None,
+) -> dict[str, Any]:
+    """The ramp that starts at the advised batch and rate, from the critical batch measured along a
+    run at them, and the updates it is predicted to save. The prediction keeps the constant run's
+    examples to target: the ramp's batches kept at least 1 - EPSILON of the small batch's progress
+    per example in every branch, so in the worst case it needs up to 1 / (1 - EPSILON) as many
+    examples; `worst_case_updates` says what that costs. Offered only when it saves updates."""
+    cap = None if max_batch_size is None else min(max_batch_size, workload.train_size)
+    if cap is not None and cap < 2 * batch_size:  # no room to grow: say so, measure nothing
+        why = f"the memory cap {cap} leaves no room to double batch {batch_size}"
+        if cap_is_lower_bound:
+            why = f"memory was probed only up to batch {cap}; pass --full-memory to let a ramp grow past it"
+        return {"offered": False, "why": why}
+    found = measure(
+        workload,
+        batch_size=batch_size,
+        lr=lr,
+        max_batch_size=cap,
+        store=store,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    constant = found.settings["reference_steps_to_target"]
+    examples = found.settings["reference_examples_to_target"]
+    predicted = ramp_updates(found.ramp, examples)
+    worst = ramp_updates(found.ramp, math.ceil(examples / (1 - EPSILON)))
+    offered = len(found.ramp.phases) > 1 and predicted < constant
+    sizes = " -> ".join(str(p.batch_size) for p in found.ramp.phases)
+    why = (
+        f"the ramp {sizes} is predicted to take {predicted} updates to the target against {constant} "
+        f"at constant batch {batch_size} ({1 - predicted / constant:.0%} fewer; at worst {worst})"
+        if offered
+        else f"the critical batch measured along the run never passed twice batch {batch_size}: "
+        "a constant batch is the advice"
+    )
+    return {
+        "offered": offered,
+        "why": why,
+        "ramp": found.ramp.to_dict(),
+        "lr": lr,
+        "predicted_updates_to_target": predicted,
+        "worst_case_updates": worst,
+        "constant_updates_to_target": constant,
+        "points": found.rows,
+        "settings": found.settings,
+    }

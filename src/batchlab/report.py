@@ -96,6 +96,8 @@ def advice_section(advice: dict[str, Any], sweep: dict[str, Any] | None) -> list
             + "".join(f"<li>{esc(line)}</li>" for line in advice["limitations"])
             + "</ul>"
         )
+    if advice.get("schedule"):
+        parts += schedule_section(advice["schedule"])
     if advice["predictions"]:
         measured = [
             {"batch_size": m["batch_size"], "seconds_to_target": m["seconds_to_target"]}
@@ -126,6 +128,29 @@ def advice_section(advice: dict[str, Any], sweep: dict[str, Any] | None) -> list
                     for p in advice["predictions"]
                 ],
             )
+        )
+    return parts
+
+
+def schedule_section(plan: dict[str, Any]) -> list[str]:
+    """`advise --schedule`: the ramp beside the constant advice, and the measurements behind it."""
+    parts = [
+        "<h2>A batch ramp</h2>",
+        f"<p>{'Offered' if plan['offered'] else 'Not offered'}: {esc(plan['why'])}.</p>",
+    ]
+    if plan.get("ramp"):
+        parts.append(
+            table(
+                ["from example", "batch", "lr"],
+                [
+                    [p["start_examples"], p["batch_size"], plan["lr"] * p["lr_factor"]]
+                    for p in plan["ramp"]["phases"]
+                ],
+            )
+        )
+    if plan.get("points"):
+        parts.append(
+            figure(plots.critical_batch(plan["points"]), "critical batch and B_simple over training")
         )
     return parts
 

@@ -79,11 +79,20 @@ class BatchSchedule:
             )
         unit = "examples" if by_examples else "epochs"
         if self.phases[0].start(by_examples) != 0:
-            raise bad("phases", [p.to_dict() for p in self.phases], f"a first phase starting at {unit.rstrip('s')} 0")
+            raise bad(
+                "phases",
+                [p.to_dict() for p in self.phases],
+                f"a first phase starting at {unit.rstrip('s')} 0",
+            )
         starts = [p.start(by_examples) for p in self.phases]
         if any(b <= a for a, b in itertools.pairwise(starts)):
             fix = "build it with BatchSchedule.ramp" if by_examples else "pass --milestones 10,20"
-            raise bad("milestones", starts[1:], f"strictly increasing {'example counts' if by_examples else 'epochs'}", fix)
+            raise bad(
+                "milestones",
+                starts[1:],
+                f"strictly increasing {'example counts' if by_examples else 'epochs'}",
+                fix,
+            )
         for p in self.phases:
             _positive_int("batch_size", p.batch_size, "pass --batch-size 32")
             if not math.isfinite(p.lr_factor) or p.lr_factor <= 0:
