@@ -911,6 +911,8 @@ def advise_schedule(
                 device=device,
                 progress=lambda text: status.update(f"[bold]schedule: {text}"),
             )
+    except BatchlabError as error:  # the advice itself stands: keep it, and say why there is no ramp
+        return {"offered": False, "why": f"no ramp could be measured: {error}"}
     finally:
         if store is not None:
             store.close()
