@@ -163,10 +163,3 @@ def load_checkpoint(path: str | Path, workload: str, device: torch.device) -> Ch
             "resume_from", str(path), f"a checkpoint of {workload}", f"it is one of {state['workload']}"
         )
     return Checkpoint(path=path, state=state)
-
-
-def load_model(path: str | Path, model: nn.Module) -> int:
-    """Load only the weights of a checkpoint into `model` (for measuring at them); returns its step."""
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    model.load_state_dict(state["model"])
-    return int(state["step"])

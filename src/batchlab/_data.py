@@ -65,6 +65,20 @@ class Position:
         return cls(data["epoch"], data["offset"], data["examples"], data["rng_state"])
 
 
+def epoch_spans(
+    batch_size_of: Callable[[int, int], int], epoch: int, examples: int, dataset_size: int, *, offset: int = 0
+) -> list[tuple[int, int]]:
+    """(offset, size) of each batch left in `epoch` from `offset`, `examples` having been drawn
+    before it; each size is `batch_size_of(epoch, examples before the batch)`, and the epoch ends when
+    the next batch would not fit (the last partial batch dropped)."""
+    spans = []
+    while offset + (size := batch_size_of(epoch, examples)) <= dataset_size:
+        spans.append((offset, size))
+        offset += size
+        examples += size
+    return spans
+
+
 class DeviceData:
     """A dataset placed for training on one device: shuffled batches and in-order passes."""
 
@@ -107,11 +121,8 @@ class DeviceData:
             # One permutation per epoch on both paths, so a generic Dataset sees the same order.
             order = torch.randperm(self.size, generator=generator)
             base = examples - offset  # the count of examples at this epoch's offset 0
-            spans = []
-            while offset + (size := batch_size_of(epoch, examples)) <= self.size:
-                spans.append((offset, size))
-                offset += size
-                examples += size
+            spans = epoch_spans(batch_size_of, epoch, examples, self.size, offset=offset)
+            examples += sum(b for _, b in spans)
             if self.tensors is None:
                 batches = [order[s : s + b].chunk(world)[rank].tolist() for s, b in spans]
                 loader = DataLoader(self.dataset, batch_sampler=batches)

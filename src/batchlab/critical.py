@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checkpoint import load_model
+from ._checkpoint import load_checkpoint
 from ._device import resolve_device
 from ._errors import bad
 from ._record import recorded_train
@@ -245,7 +245,7 @@ def critical_batch(
     from .study import StudyName, StudyResult
 
     b = workload.batch_size if batch_size is None else batch_size
-    check_batch_size(b, workload.train_size)
+    check_batch_size(b, workload.train_size)  # before the rule scales the rate by it
     rule = branch_rule(workload)
     lr = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
     dev = resolve_device(device)
@@ -449,7 +449,7 @@ def _measure_point(
         arm["progress"] = start_loss - arm["loss"]
         arm["progress_ratio"] = arm["progress"] / base if base > 0 else None
     model = fresh_model(workload, seed, device)
-    load_model(path, model)
+    model.load_state_dict(load_checkpoint(path, workload.name, device).state["model"])
     reading = noise_at_parameters(
         model, workload, micro_batch=b, device=device, max_examples=NOISE_EXAMPLES, seed=seed
     )

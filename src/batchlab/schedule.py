@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from ._data import epoch_spans
 from ._errors import bad
 from .lr import LrRule, as_rule, scale_lr
 
@@ -221,28 +222,22 @@ class BatchSchedule:
 
     def epoch_batches(self, epoch: int, dataset_size: int) -> list[int]:
         """The batch sizes of `epoch`, in order (an epoch ends when the next batch would not fit)."""
-        for e, sizes in enumerate(self._epochs(dataset_size)):
-            if e == epoch:
-                return sizes
-        raise AssertionError("unreachable: _epochs is endless")
+        if not self.by_examples:  # one size per epoch: no need to walk the epochs before it
+            size = self.batch_size_at(epoch)
+            return [size] * (dataset_size // size)
+        return next(itertools.islice(self._epochs(dataset_size), epoch, None))
 
     def _epochs(self, dataset_size: int) -> Iterator[list[int]]:
         """Each epoch's batch sizes, from epoch 0 on."""
         examples, epoch = 0, 0
         last = self.phases[-1].start_examples or 0
         while True:
-            if not self.by_examples or examples >= last:  # one size for the whole epoch
+            if self.by_examples and examples < last:  # a phase may start inside this epoch
+                spans = epoch_spans(self.batch_size_at, epoch, examples, dataset_size)
+                sizes = [size for _, size in spans]
+            else:  # one size for the whole epoch
                 size = self.batch_size_at(epoch, examples)
                 sizes = [size] * (dataset_size // size)
-            else:
-                sizes, offset = [], 0
-                while offset + (size := self.batch_size_at(epoch, examples)) <= dataset_size:
-                    sizes.append(size)
-                    offset += size
-                    examples += size
-                yield sizes
-                epoch += 1
-                continue
             examples += sum(sizes)
             yield sizes
             epoch += 1
