@@ -235,7 +235,15 @@ def test_cli_study_saves_a_ramp_that_train_takes_and_resumes_from_its_runs(tmp_p
     data = invoke_json(*args)
     assert [r["point"] for r in data["rows"]] == ["10%", "25%", "50%", "75%"]
     assert len(data["extra"]["branches"]) == 4 * 3  # k = 1, 2, 4 at each point
-    assert {v["group"] for v in data["extra"]["validation"]} == {"constant", "ramp"}
+    validation = data["extra"]["validation"]
+    assert {v["group"] for v in validation} == {"constant", "ramp"}
+    for arm in validation:  # three seeds a side by default: the median of theirs, the mean loss
+        per_seed = arm["per_seed"]
+        assert [s["seed"] for s in per_seed] == [0, 1, 2]
+        assert len({s["final_loss"] for s in per_seed}) == 3  # different seeds, different runs
+        if arm["reached"] == 3:
+            assert arm["updates_to_target"] == sorted(s["updates_to_target"] for s in per_seed)[1]
+        assert arm["final_loss"] == pytest.approx(sum(s["final_loss"] for s in per_seed) / 3)
     ramp = json.loads((out / "ramp.json").read_text())
     assert ramp == data["extra"]["ramp"]
     assert "data:image/png;base64," in (out / "report.html").read_text()

@@ -1001,6 +1001,9 @@ def study_command(
     advised_batch_size: str = typer.Option(
         None, "--advised-batch-size", metavar="INT", help="critical-batch: a constant batch to validate too"
     ),
+    validation_seeds: str = typer.Option(
+        None, "--validation-seeds", metavar="INT", help="critical-batch: seeds the ramp is validated on (3)"
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for report.html, study.json, results.db"),
@@ -1033,6 +1036,7 @@ def study_command(
         "advised_batch_size": parse_int(
             advised_batch_size, "advised_batch_size", flag="--advised-batch-size"
         ),
+        "validation_seeds": parse_int(validation_seeds, "validation_seeds", flag="--validation-seeds"),
     }
     accepted = inspect.signature(STUDIES[name]).parameters
     options = {k: v for k, v in given.items() if v is not None}
@@ -1094,8 +1098,12 @@ def study_table(data: dict[str, Any]) -> Table:
 
 
 def validation_table(data: dict[str, Any]) -> Table:
-    table = Table(title="the ramp against the constant batch, trained side by side")
-    keys = ["arm", "updates_to_target", "examples_to_target", "seconds_to_target", "examples", "final_loss"]
+    seeds = data["extra"]["validation"][0].get("seeds", 1)
+    table = Table(
+        title=f"the ramp against the constant batch, trained side by side ({seeds} seeds: medians, mean loss)"
+    )
+    keys = ["arm", "reached", "updates_to_target", "examples_to_target", "seconds_to_target", "examples"]
+    keys += ["final_loss", "final_loss_spread"]
     for key in keys:
         table.add_column(key.replace("_", " "), justify="left" if key == "arm" else "right")
     for row in data["extra"]["validation"]:

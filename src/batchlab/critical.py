@@ -65,6 +65,10 @@ BRANCH_EVALS = 8
 MAX_K = 16  # branches at k = 1, 2, 4, ..., MAX_K (and no larger than the cap)
 NOISE_EXAMPLES = 8192  # B_simple at a checkpoint: one shuffled pass over at most this many examples
 VALIDATION_LENGTH = 1.5  # the ramp and the constant batch train for 1.5x the reference's examples
+# The ramp and the constant batch are compared over VALIDATION_SEEDS seeds (data order, initial
+# weights): on the built-in workloads one seed's updates to the target vary by up to 2x between seeds
+# (digits-cnn at batch 8: 184 to 400), so one seed a side cannot tell a ramp's saving from luck.
+VALIDATION_SEEDS = 3
 
 
 def branch_rule(workload: Workload) -> LrRule:
@@ -235,17 +239,23 @@ def critical_batch(
     epsilon: float = EPSILON,
     branch_examples: int | None = None,
     advised_batch_size: int | None = None,
+    validation_seeds: int = VALIDATION_SEEDS,
     store: Store | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: Any = None,
 ) -> Any:
     """Measure the critical batch at `points` of the reference run by branched training, B_simple
-    beside it, build the ramp, and train it against the constant batch. See the module's text."""
+    beside it, build the ramp, and train it against the constant batch over `validation_seeds`
+    seeds. See the module's text."""
     from .study import StudyName, StudyResult
 
     b = workload.batch_size if batch_size is None else batch_size
     check_batch_size(b, workload.train_size)  # before the rule scales the rate by it
+    if advised_batch_size is not None:
+        check_batch_size(advised_batch_size, workload.train_size, field="advised_batch_size")
+    if isinstance(validation_seeds, bool) or not isinstance(validation_seeds, int) or validation_seeds < 1:
+        raise bad("validation_seeds", validation_seeds, "an integer >= 1", "pass --validation-seeds 3")
     rule = branch_rule(workload)
     lr = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
     dev = resolve_device(device)
@@ -264,29 +274,34 @@ def critical_batch(
         device=dev,
         progress=say,
     )
-    longest = found.settings["validation_epochs"]
-    say("the ramp against the constant batch")
-    trained = [("constant", f"constant {b}", found.constant)]
-    ramp_run, _ = recorded_train(
-        store, workload, kind="study", batch_size=found.ramp, lr=lr, max_epochs=longest, seed=seed, device=dev
-    )
-    trained.append(("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in found.ramp.phases), ramp_run))
+    seeds = [seed + i for i in range(validation_seeds)]
+    arms: list[tuple[str, str, BatchSchedule | int, float]] = [
+        ("constant", f"constant {b}", b, lr),
+        ("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in found.ramp.phases), found.ramp, lr),
+    ]
     if advised_batch_size is not None:
-        check_batch_size(advised_batch_size, workload.train_size, field="advised_batch_size")
         advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
-        advised, _ = recorded_train(
-            store,
-            workload,
-            kind="study",
-            batch_size=advised_batch_size,
-            lr=advised_lr,
-            max_epochs=longest,
-            seed=seed,
-            device=dev,
-        )
-        trained.append(("advised", f"advised constant {advised_batch_size}", advised))
-    validation = [_validation_row(group, label, run, workload) for group, label, run in trained]
-    runs = [_validation_curve(group, label, run, workload) for group, label, run in trained]
+        arms.append(("advised", f"advised constant {advised_batch_size}", advised_batch_size, advised_lr))
+    validation, runs = [], []
+    for group, label, size, rate in arms:
+        say(f"{label}, {len(seeds)} seeds")
+        trained = [
+            found.constant
+            if group == "constant" and s == seed  # the run the checkpoints came from
+            else recorded_train(
+                store,
+                workload,
+                kind="study",
+                batch_size=size,
+                lr=rate,
+                max_epochs=found.settings["validation_epochs"],
+                seed=s,
+                device=dev,
+            )[0]
+            for s in seeds
+        ]
+        validation.append(_validation_row(group, label, trained, seeds, workload))
+        runs.append(_validation_curve(group, label, trained[0], workload))
     findings = _findings(
         found.rows,
         validation,
@@ -468,22 +483,50 @@ def _measure_point(
     return row, arms
 
 
-def _validation_row(group: str, label: str, run: TrainResult, workload: Workload) -> dict[str, Any]:
+def _validation_row(
+    group: str, label: str, runs: list[TrainResult], seeds: list[int], workload: Workload
+) -> dict[str, Any]:
+    """One arm over its seeds: the median updates to target (None unless every seed reached it: a
+    seed that did not would make any median a guess), the mean final loss and its spread."""
     metric = loss_metric(workload)
-    last = run.curve[-1]
+    per_seed = [
+        {
+            "seed": s,
+            "updates_to_target": run.steps_to_target,
+            "examples_to_target": run.examples_to_target,
+            "seconds_to_target": run.seconds_to_target,
+            "final_loss": run.curve[-1].value(metric),
+            "diverged": run.diverged,
+        }
+        for s, run in zip(seeds, runs, strict=True)
+    ]
+    reached = [r for r in per_seed if r["updates_to_target"] is not None]
+    every = len(reached) == len(per_seed)
+    finals = [
+        r["final_loss"] for r in per_seed if r["final_loss"] is not None and math.isfinite(r["final_loss"])
+    ]
+    first = runs[0]
+
+    def median(key: str) -> float | None:
+        return float(np.median([r[key] for r in reached])) if every else None
+
     return {
         "arm": label,
         "group": group,
-        "batch_size": run.batch_size,
-        "lr": run.lr,
-        "updates_to_target": run.steps_to_target,
-        "examples_to_target": run.examples_to_target,
-        "seconds_to_target": run.seconds_to_target,
-        "updates": run.steps,
-        "examples": run.examples,
-        "final_loss": last.value(metric),
-        "final_batch_size": last.batch_size,
-        "diverged": run.diverged,
+        "batch_size": first.batch_size,
+        "lr": first.lr,
+        "seeds": len(seeds),
+        "reached": len(reached),
+        "updates_to_target": median("updates_to_target"),
+        "examples_to_target": median("examples_to_target"),
+        "seconds_to_target": median("seconds_to_target"),
+        "updates": first.steps,
+        "examples": first.examples,
+        "final_loss": float(np.mean(finals)) if len(finals) == len(per_seed) else None,
+        "final_loss_spread": float(np.std(finals, ddof=1)) if len(finals) == len(per_seed) > 1 else None,
+        "final_batch_size": first.curve[-1].batch_size,
+        "diverged": sum(r["diverged"] for r in per_seed),
+        "per_seed": per_seed,
     }
 
 
@@ -553,25 +596,67 @@ def _findings(
                 )
             )
     by = {v["group"]: v for v in validation}
-    c, r = by["constant"], by["ramp"]
-    if c["updates_to_target"] and r["updates_to_target"]:
-        saved = 1 - r["updates_to_target"] / c["updates_to_target"]
-        out.append(
-            f"The ramp reached the target in {r['updates_to_target']} updates against "
-            f"{c['updates_to_target']} at constant batch {b} ({saved:.0%} fewer), with "
-            f"{r['examples_to_target']:,} examples against {c['examples_to_target']:,}; after the same "
-            f"{c['examples']:,} examples its {loss_metric(workload)} was {r['final_loss']:.4g} "
-            f"against {c['final_loss']:.4g}."
-        )
-    elif not r["updates_to_target"]:
-        out.append("The ramp did not reach the target in the validation budget: the measurement overshot.")
-    if "advised" in by and by["advised"]["updates_to_target"] and r["updates_to_target"]:
+    out.extend(_validation_findings(by["constant"], by["ramp"], b=b, metric=loss_metric(workload)))
+    if "advised" in by:
         a = by["advised"]
         out.append(
-            f"The advised constant batch {a['batch_size']}: {a['updates_to_target']} updates to target, "
-            f"final {loss_metric(workload)} {a['final_loss']:.4g}."
+            f"The advised constant batch {a['batch_size']}: "
+            + (
+                f"{a['updates_to_target']:.0f} updates to target (median)"
+                if a["updates_to_target"]
+                else f"{a['reached']} of {a['seeds']} seeds reached the target"
+            )
+            + (
+                f", final {loss_metric(workload)} {a['final_loss']:.4g}."
+                if a["final_loss"] is not None
+                else "."
+            )
         )
     return out
+
+
+def loss_difference(ramp: dict[str, Any], constant: dict[str, Any]) -> tuple[float, float] | None:
+    """The ramp's mean final loss less the constant's, and the standard error of that difference
+    from the two arms' seed-to-seed spreads (None with one seed a side)."""
+    if ramp["final_loss"] is None or constant["final_loss"] is None:
+        return None
+    if ramp["final_loss_spread"] is None or constant["final_loss_spread"] is None:
+        return None
+    error = math.sqrt(
+        ramp["final_loss_spread"] ** 2 / ramp["seeds"]
+        + constant["final_loss_spread"] ** 2 / constant["seeds"]
+    )
+    return ramp["final_loss"] - constant["final_loss"], error
+
+
+def _validation_findings(c: dict[str, Any], r: dict[str, Any], *, b: int, metric: str) -> list[str]:
+    n = f"{r['seeds']} seeds" if r["seeds"] > 1 else "one seed"
+    if not r["updates_to_target"]:
+        return [
+            f"The ramp reached the target on {r['reached']} of {r['seeds']} seeds in the validation "
+            "budget: the measurement overshot."
+        ]
+    if not c["updates_to_target"]:
+        return [f"The constant batch {b} reached the target on {c['reached']} of {c['seeds']} seeds only."]
+    saved = 1 - r["updates_to_target"] / c["updates_to_target"]
+    line = (
+        f"Over {n}, the ramp reached the target in {r['updates_to_target']:.0f} updates (median) against "
+        f"{c['updates_to_target']:.0f} at constant batch {b} ({saved:.0%} fewer), with "
+        f"{r['examples_to_target']:,.0f} examples against {c['examples_to_target']:,.0f}; after the same "
+        f"{c['examples']:,} examples its {metric} was {r['final_loss']:.4g} against {c['final_loss']:.4g}"
+    )
+    difference = loss_difference(r, c)
+    if difference is None:
+        return [line + " (one seed a side: no spread to judge the difference by)."]
+    delta, error = difference
+    verdict = (
+        "better, by more than two standard errors"
+        if delta < -2 * error
+        else "worse, by more than two standard errors"
+        if delta > 2 * error
+        else "equal within two standard errors"
+    )
+    return [line + f" ({delta:+.2g} +- {error:.2g}: {verdict})."]
 
 
 def schedule_advice(

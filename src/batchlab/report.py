@@ -346,9 +346,14 @@ def render_study(study: dict[str, Any]) -> str:
     parts.append(table(headers, [[r.get(h) for h in headers] for r in rows]))
     if name == "critical-batch":
         validation = study["extra"]["validation"]
-        headers = [k for k in validation[0] if k != "group"]
+        headers = [k for k in validation[0] if k not in ("group", "per_seed")]
         parts.append("<h2>The ramp against the constant batch</h2>")
         parts.append(table(headers, [[v.get(h) for h in headers] for v in validation]))
+        seeds = [{"arm": v["arm"], **s} for v in validation for s in v.get("per_seed", [])]
+        if seeds:
+            headers = list(seeds[0])
+            parts.append("<h3>Each seed</h3>")
+            parts.append(table(headers, [[s.get(h) for h in headers] for s in seeds]))
     parts.append(
         '<h2>Settings</h2><table class="settings">'
         + "".join(
