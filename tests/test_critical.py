@@ -109,16 +109,16 @@ def test_bad_checkpoint_settings_get_one_line_errors(tmp_path: Path) -> None:
 
 
 def _expected_branch_losses(
-    m0: float, *, lr: float, b: int, ks: list[int], length: int, noise: float
+    m0: float, *, lr: float, b: int, ks: list[int], length: int, noise: float, both: bool
 ) -> dict[int, float]:
     """E|w - w_hat|^2 along SGD on half squared error with x ~ N(0, I_d): one step at batch B and rate
     eta maps m to ((1 - eta)^2 + eta^2 (d + 1) / B) m + eta^2 d sigma^2 / B (science.md, Gaussian
     fourth moments), smoothed at the evaluations the study makes (the last SMOOTHING of a branch's
     BRANCH_EVALS). Half of it is the excess loss, so progress ratios follow from it."""
     d = linreg.DIM
-    out = {}
-    for k in ks:
-        eta, batch, steps = k * lr, k * b, length // (k * b)
+
+    def smoothed(eta: float, batch: int) -> float:
+        steps = length // batch
         c = (1 - eta) ** 2 + eta**2 * (d + 1) / batch
         m, values = m0, []
         every = max(1, steps // BRANCH_EVALS)
@@ -126,22 +126,34 @@ def _expected_branch_losses(
             m = c * m + eta**2 * d * noise / batch
             if (step % every == 0 or step == steps) and step >= (1 - SMOOTHING) * steps:
                 values.append(m)
-        out[k] = 0.5 * sum(values) / len(values)
-    return out
+        return 0.5 * sum(values) / len(values)
+
+    if not both:  # SGD's linear rule alone
+        return {k: smoothed(k * lr, k * b) for k in ks}
+    # Each branch keeps the better of SGD's linear rate and the square-root one (branch_rules).
+    return {k: min(smoothed(k * lr, k * b), smoothed(math.sqrt(k) * lr, k * b)) for k in ks}
 
 
-def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("branch_rates", ["rule", "both"])
+def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(
+    branch_rates: str, tmp_path: Path
+) -> None:
     """On linreg the expected branch losses are known in closed form at any parameters, so the
     critical batch the rule should find at each checkpoint is too. The measurement is one SGD run a
     branch on a finite training set (whose covariance departs from I by ~sqrt(d/N) = 4%, which moves
     the largest rates' progress); near the rule's threshold that can flip one grid step, so each
     point must be within a factor of 2 (one grid step) of the exact answer, and most must be exact.
     The target sits well above the loss floor, so that a branch's progress stands clear of SGD's
-    stationary fluctuation (eta d sigma^2 / 2B ~ 0.1 in m here)."""
+    stationary fluctuation (eta d sigma^2 / 2B ~ 0.1 in m here). With the linear rule alone the
+    largest rates' noise floor (eta d sigma^2 / 2B, constant in k, until (1 - eta)^2 turns) puts the
+    answer inside the grid; with the square-root rate beside it, whose floor falls as 1/sqrt(k), the
+    exact answer is the top of the grid, and the measurement must say so."""
     target = Target(metric="eval_loss", value=0.75)
     wl = dataclasses.replace(linreg.workload(), batch_size=8, lr=0.1, target=target)
     with Store(tmp_path / "results.db") as store:
-        study = run_study("critical-batch", wl, store=store, max_k=16)
+        study = run_study(
+            "critical-batch", wl, store=store, max_k=16, branch_rates=branch_rates, validation_seeds=1
+        )
     x, y = linreg._data()[0].double(), linreg._data()[1].double()
     w_hat = torch.linalg.lstsq(x, y).solution
     noise = float((x @ w_hat - y).pow(2).mean())  # the residual variance at the empirical minimum
@@ -152,7 +164,9 @@ def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(t
         path = tmp_path / "checkpoints" / "b8-seed0" / f"step-{row['step']:08d}.pt"
         w = torch.load(path, weights_only=True)["model"]["linear.weight"].reshape(-1).double()
         m0 = float((w - w_hat).pow(2).sum())
-        expected = _expected_branch_losses(m0, lr=0.1, b=8, ks=ks, length=length, noise=noise)
+        expected = _expected_branch_losses(
+            m0, lr=0.1, b=8, ks=ks, length=length, noise=noise, both=branch_rates == "both"
+        )
         k_exact = critical_from_branches(0.5 * m0, expected)
         assert k_exact is not None
         measured.append((row["critical_batch"], 8 * k_exact))
@@ -160,8 +174,10 @@ def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(t
         assert 0.5 <= row["critical_batch"] / (8 * k_exact) <= 2, measured
         exact_hits += row["critical_batch"] == 8 * k_exact
     assert exact_hits >= len(study.rows) / 2, measured
-    # The answer lies inside the grid, so a measurement could miss it on either side.
-    assert any(1 < k // 8 < 16 for _, k in measured), measured
+    if branch_rates == "rule":  # the answer lies inside the grid: a measurement could miss either side
+        assert any(1 < k // 8 < 16 for _, k in measured), measured
+    else:
+        assert all(k == 8 * 16 for _, k in measured), measured
 
 
 # The ramp -------------------------------------------------------------------------------------------
@@ -234,7 +250,16 @@ def test_cli_study_saves_a_ramp_that_train_takes_and_resumes_from_its_runs(tmp_p
     args = ("study", "critical-batch", "--workload", "linreg", "--max-k", "4", "--out", str(out))
     data = invoke_json(*args)
     assert [r["point"] for r in data["rows"]] == ["10%", "25%", "50%", "75%"]
-    assert len(data["extra"]["branches"]) == 4 * 3  # k = 1, 2, 4 at each point
+    branches = data["extra"]["branches"]
+    assert len(branches) == 4 * (1 + 2 + 2)  # k = 1, then 2 and 4 at the linear and the sqrt rate
+    for (_step, k), group in itertools.groupby(branches, key=lambda a: (a["step"], a["k"])):
+        arms = list(group)
+        assert [a["rule"] for a in arms] == (["linear"] if k == 1 else ["linear", "sqrt"])
+        kept = [a for a in arms if a["chosen"]]
+        assert len(kept) == 1 and kept[0]["loss"] == min(a["loss"] for a in arms)
+    for phase in data["extra"]["ramp"]["phases"][1:]:  # each phase at a rate its branches kept
+        rates = {a["lr"] for a in branches if a["chosen"] and a["batch_size"] == phase["batch_size"]}
+        assert phase["lr_factor"] * data["settings"]["lr"] in rates
     validation = data["extra"]["validation"]
     assert {v["group"] for v in validation} == {"constant", "ramp"}
     for arm in validation:  # three seeds a side by default: the median of theirs, the mean loss
@@ -294,8 +319,9 @@ def test_cli_advise_schedule_offers_a_ramp_only_when_it_saves_updates(tmp_path: 
         len(phases) > 1 and plan["predicted_updates_to_target"] < plan["constant_updates_to_target"]
     )
     assert plan["predicted_updates_to_target"] <= plan["worst_case_updates"]
-    for phase in phases:  # SGD: the rate follows the batch linearly from the advised point
-        assert phase["lr_factor"] == pytest.approx(phase["batch_size"] / data["batch_size"])
+    for phase in phases:  # SGD: the rate grows with the batch by the linear or the sqrt rule, as kept
+        ratio = phase["batch_size"] / data["batch_size"]
+        assert min(abs(phase["lr_factor"] - ratio), abs(phase["lr_factor"] - math.sqrt(ratio))) < 1e-9
     assert 1 <= len(plan["points"]) <= 4  # fewer when the run is too short for four distinct steps
     assert json.loads((tmp_path / "advice.json").read_text())["schedule"] == plan
     assert "A batch ramp" in (tmp_path / "report.html").read_text()

@@ -1001,6 +1001,11 @@ def study_command(
     advised_batch_size: str = typer.Option(
         None, "--advised-batch-size", metavar="INT", help="critical-batch: a constant batch to validate too"
     ),
+    branch_rates: str = typer.Option(
+        None,
+        "--branch-rates",
+        help="critical-batch: both (the rule's rate and the other, keep the better) or rule",
+    ),
     validation_seeds: str = typer.Option(
         None, "--validation-seeds", metavar="INT", help="critical-batch: seeds the ramp is validated on (3)"
     ),
@@ -1036,6 +1041,7 @@ def study_command(
         "advised_batch_size": parse_int(
             advised_batch_size, "advised_batch_size", flag="--advised-batch-size"
         ),
+        "branch_rates": branch_rates,
         "validation_seeds": parse_int(validation_seeds, "validation_seeds", flag="--validation-seeds"),
     }
     accepted = inspect.signature(STUDIES[name]).parameters

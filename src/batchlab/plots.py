@@ -424,23 +424,35 @@ def critical_batch(rows: list[dict[str, Any]]) -> bytes:
 
 
 def branch_progress(branches: list[dict[str, Any]], epsilon: float) -> bytes:
-    """Each branch's progress over the k = 1 branch's, against its batch, one line per checkpoint;
-    the rule's threshold 1 - epsilon as a dashed line (values below -0.5 are drawn at the edge)."""
+    """Each branch's progress over the k = 1 branch's, against its batch, one line per checkpoint
+    through the rates kept (hollow: the rate not kept); the rule's threshold 1 - epsilon as a dashed
+    line (values below -0.5 are drawn at the edge)."""
     with _figure() as (fig, (ax,)):
         steps = list(dict.fromkeys(b["step"] for b in branches))
         colors = plt.cm.viridis([i / max(len(steps) - 1, 1) for i in range(len(steps))])
         for step, color in zip(steps, colors, strict=True):
             arms = [b for b in branches if b["step"] == step and b["progress_ratio"] is not None]
+            kept = [b for b in arms if b.get("chosen", True)]
             ax.plot(
-                [b["batch_size"] for b in arms],
-                [max(b["progress_ratio"], -0.5) for b in arms],
+                [b["batch_size"] for b in kept],
+                [max(b["progress_ratio"], -0.5) for b in kept],
                 "o-",
                 color=color,
                 label=f"from step {step}",
             )
+            other = [b for b in arms if not b.get("chosen", True)]  # the rate a branch did not keep
+            ax.plot(
+                [b["batch_size"] for b in other],
+                [max(b["progress_ratio"], -0.5) for b in other],
+                "o",
+                color=color,
+                fillstyle="none",
+                label="the rate not kept" if step == steps[-1] and other else None,
+            )
         ax.axhline(1 - epsilon, linestyle="--", color="gray", label=f"1 - epsilon = {1 - epsilon:g}")
         ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.55, 1.2)
+        top = max([b["progress_ratio"] for b in branches if b["progress_ratio"] is not None] + [1.0])
+        ax.set_ylim(-0.55, min(3.0, top) + 0.15)
         ax.set_xlabel("branch batch size")
         ax.set_ylabel("progress / progress at k = 1")
         ax.legend(fontsize=7)
