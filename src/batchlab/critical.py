@@ -218,7 +218,7 @@ def measure(
         rule=rule,
         max_batch_size=cap,
     )
-    ramp = measured_rates(ramp, branches, lr)
+    ramp = measured_rates(ramp, rows, branches, lr)
     settings = {
         "batch_size": b,
         "lr": lr,
@@ -240,13 +240,15 @@ def measure(
     return Measurement(rows=rows, branches=branches, ramp=ramp, constant=constant, settings=settings)
 
 
-def measured_rates(ramp: BatchSchedule, branches: Sequence[dict[str, Any]], lr: float) -> BatchSchedule:
+def measured_rates(
+    ramp: BatchSchedule, rows: Sequence[dict[str, Any]], branches: Sequence[dict[str, Any]], lr: float
+) -> BatchSchedule:
     """The ramp with each phase at the rate its branches kept (`branch_rules`): the least of the
     kept rates at the phase's batch over the checkpoints the phase spans (a rate that one of them
     could not use is not used there); the rule's rate where no branch ran at that batch."""
     phases = list(ramp.phases)
     starts = [p.start_examples or 0 for p in phases] + [math.inf]
-    by_step = {arm["step"]: arm["examples_at_start"] for arm in branches if "examples_at_start" in arm}
+    by_step = {row["step"]: row["examples"] for row in rows}  # where each checkpoint was
     for i, phase in enumerate(phases):
         kept = [
             arm["lr"] / lr
@@ -490,7 +492,6 @@ def _measure_point(
             tried.append(
                 {
                     "step": step,
-                    "examples_at_start": checkpoint["examples"],
                     "k": k,
                     "batch_size": k * b,
                     "rule": branch_rule_.value,
