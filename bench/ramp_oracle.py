@@ -15,17 +15,17 @@ Goal (issue 17): a ramp with >= 30% fewer updates than the constant batch at equ
 from __future__ import annotations
 
 import itertools
-import statistics
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import write
+from _common import RESULTS, write
 
 import batchlab
-from batchlab.critical import VALIDATION_LENGTH, loss_difference
+from batchlab.critical import VALIDATION_LENGTH, loss_difference, seed_summary
 from batchlab.lr import LrRule, scale_lr
 from batchlab.schedule import BatchSchedule, Phase
 from batchlab.study import run_study
@@ -49,20 +49,7 @@ def arm(
         batchlab.train(workload, batch_size=schedule, lr=lr, max_epochs=epochs, seed=s, device="cpu")
         for s in SEEDS
     ]
-    reached = [r.steps_to_target for r in runs if r.steps_to_target is not None]
-    finals = [r.curve[-1].value(metric(workload)) for r in runs]
-    return {
-        "seeds": len(SEEDS),
-        "reached": len(reached),
-        "updates_to_target": statistics.median(reached) if len(reached) == len(runs) else None,
-        "final_loss": statistics.mean(finals),
-        "final_loss_spread": statistics.stdev(finals),
-        "per_seed": [(r.steps_to_target, f) for r, f in zip(runs, finals, strict=True)],
-    }
-
-
-def metric(workload: batchlab.Workload) -> str:
-    return "eval_loss" if workload.eval_data is not None else "train_loss"
+    return seed_summary("oracle", "", runs, SEEDS, workload)
 
 
 def verdict(ramp: dict[str, Any], constant: dict[str, Any]) -> tuple[float | None, bool]:
@@ -134,7 +121,18 @@ def main() -> None:
     for name in names:
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}: one of {', '.join(ROWS)}")
-    rows = [run_row(name) for name in names]
+    # Rows already measured (by an earlier run of other rows) are kept; each finished row is written
+    # at once, so a run cut short keeps what it finished.
+    saved = RESULTS / "ramp_oracle.json"
+    rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []
+    for name in names:
+        row = run_row(name)
+        rows = [r for r in rows if r["row"] != name] + [row]
+        rows.sort(key=lambda r: list(ROWS).index(r["row"]) if r["row"] in ROWS else len(ROWS))
+        write_table(rows)
+
+
+def write_table(rows: list[dict[str, Any]]) -> None:
     table = [
         "# The critical-batch study's ramp against an oracle over ramps",
         "",

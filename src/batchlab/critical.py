@@ -345,7 +345,7 @@ def critical_batch(
             )[0]
             for s in seeds
         ]
-        validation.append(_validation_row(group, label, trained, seeds, workload))
+        validation.append(seed_summary(group, label, trained, seeds, workload))
         runs.append(_validation_curve(group, label, trained[0], workload))
     findings = _findings(
         found.rows,
@@ -536,7 +536,7 @@ def _measure_point(
     return row, arms
 
 
-def _validation_row(
+def seed_summary(
     group: str, label: str, runs: list[TrainResult], seeds: list[int], workload: Workload
 ) -> dict[str, Any]:
     """One arm over its seeds: the median updates to target (None unless every seed reached it: a
