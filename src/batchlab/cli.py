@@ -1105,15 +1105,26 @@ def study_table(data: dict[str, Any]) -> Table:
 
 def validation_table(data: dict[str, Any]) -> Table:
     seeds = data["extra"]["validation"][0].get("seeds", 1)
+    rows = data["extra"]["validation"]
     table = Table(
-        title=f"the ramp against the constant batch, trained side by side ({seeds} seeds: medians, mean loss)"
+        title=f"the ramp against the constant batch ({seeds} seeds: median updates, examples and seconds "
+        f"to target; mean final loss after {rows[0]['examples']:,} examples)"
     )
-    keys = ["arm", "reached", "updates_to_target", "examples_to_target", "seconds_to_target", "examples"]
-    keys += ["final_loss", "final_loss_spread"]
-    for key in keys:
-        table.add_column(key.replace("_", " "), justify="left" if key == "arm" else "right")
-    for row in data["extra"]["validation"]:
-        table.add_row(*[fmt(row.get(k), 4) for k in keys])
+    columns = {  # short headers: seven columns fit in 80 characters
+        "arm": "arm",
+        "reached": "reached",
+        "updates_to_target": "updates",
+        "examples_to_target": "examples",
+        "seconds_to_target": "seconds",
+        "final_loss": "final loss",
+        "final_loss_spread": "+- (sd)",
+    }
+    for key, header in columns.items():
+        table.add_column(header, justify="left" if key == "arm" else "right")
+    for row in rows:
+        cells = [fmt(row.get(k), 4) for k in columns]
+        cells[1] = f"{row.get('reached', '?')}/{row.get('seeds', 1)}"
+        table.add_row(*cells)
     return table
 
 

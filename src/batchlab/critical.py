@@ -328,9 +328,13 @@ def critical_batch(
         advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
         arms.append(("advised", f"advised constant {advised_batch_size}", advised_batch_size, advised_lr))
     validation, runs = [], []
+    by_group: dict[str, list[TrainResult]] = {}
     for group, label, size, rate in arms:
-        say(f"{label}, {len(seeds)} seeds")
-        trained = [
+        if group == "ramp" and len(found.ramp.phases) == 1:  # no growth: the constant batch's runs
+            by_group[group] = by_group["constant"]
+        else:
+            say(f"{label}, {len(seeds)} seeds")
+        trained = by_group.get(group) or [
             found.constant
             if group == "constant" and s == seed  # the run the checkpoints came from
             else recorded_train(
@@ -345,6 +349,7 @@ def critical_batch(
             )[0]
             for s in seeds
         ]
+        by_group[group] = trained
         validation.append(seed_summary(group, label, trained, seeds, workload))
         runs.append(_validation_curve(group, label, trained[0], workload))
     findings = _findings(
@@ -691,6 +696,12 @@ def loss_difference(ramp: dict[str, Any], constant: dict[str, Any]) -> tuple[flo
 
 def _validation_findings(c: dict[str, Any], r: dict[str, Any], *, b: int, metric: str) -> list[str]:
     n = f"{r['seeds']} seeds" if r["seeds"] > 1 else "one seed"
+    if r["arm"] == f"ramp {b}":  # a ramp that never grows is the constant batch: nothing to compare
+        return [
+            f"No ramp: from no point on was the measured critical batch at least twice batch {b} at "
+            "every later point (a ramp's batch never shrinks, so one point below it holds the batch back "
+            "from there on). The constant batch is the answer; its runs stand for the ramp in the table."
+        ]
     if not r["updates_to_target"]:
         return [
             f"The ramp reached the target on {r['reached']} of {r['seeds']} seeds in the validation "
