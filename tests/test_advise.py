@@ -146,9 +146,9 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
     """Two rates that both miss the target within the cap are not a gain: the search keeps the first."""
     import importlib
 
-    from batchlab.advise import _Budget, _tune_lr
+    from batchlab.advise import tune_lr
 
-    advise_module = importlib.import_module("batchlab.advise")  # the module: batchlab.advise is the function
+    record_module = importlib.import_module("batchlab._record")  # where tuning runs are trained
 
     calls: list[float] = []
 
@@ -161,9 +161,9 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
         calls.append(lr)
         return Missed(lr)
 
-    monkeypatch.setattr(advise_module, "train", fake_train)
+    monkeypatch.setattr(record_module, "train", fake_train)
     workload = load_workload("digits-mlp")
-    lr, checks = _tune_lr(workload, 64, 0.1, 50, "cpu", _Budget(None), [], lambda _: None)
+    lr, checks = tune_lr(workload, 64, 0.1, 50, "cpu")
     assert lr == 0.1
     assert sorted(set(calls)) == [0.1, 0.2]
     assert len(checks) == 2  # a seed that misses ends its rate's attempt: the slower seed decides
@@ -174,9 +174,9 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
     kept, so it is trained for at most 90 steps, and missing there ends the search at 0.1."""
     import importlib
 
-    from batchlab.advise import _Budget, _tune_lr
+    from batchlab.advise import tune_lr
 
-    advise_module = importlib.import_module("batchlab.advise")
+    record_module = importlib.import_module("batchlab._record")
     limits: dict[float, list[int]] = {}
 
     class Run:
@@ -188,9 +188,9 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
         limits.setdefault(lr, []).append(max_steps)
         return Run(lr, 100 if lr == 0.1 else None)
 
-    monkeypatch.setattr(advise_module, "train", fake_train)
+    monkeypatch.setattr(record_module, "train", fake_train)
     workload = load_workload("digits-mlp")
-    lr, checks = _tune_lr(workload, 64, 0.1, 160, "cpu", _Budget(None), [], lambda _: None)
+    lr, checks = tune_lr(workload, 64, 0.1, 160, "cpu")
     assert lr == 0.1
     assert limits == {0.1: [160, 160], 0.2: [90]}
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]

@@ -152,7 +152,13 @@ def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(
     wl = dataclasses.replace(linreg.workload(), batch_size=8, lr=0.1, target=target)
     with Store(tmp_path / "results.db") as store:
         study = run_study(
-            "critical-batch", wl, store=store, max_k=16, branch_rates=branch_rates, validation_seeds=1
+            "critical-batch",
+            wl,
+            store=store,
+            max_k=16,
+            branch_rates=branch_rates,
+            validation_seeds=1,
+            tune_lr=False,  # the closed form is at this rate
         )
     x, y = linreg._data()[0].double(), linreg._data()[1].double()
     w_hat = torch.linalg.lstsq(x, y).solution
@@ -178,6 +184,33 @@ def test_the_branched_critical_batch_matches_linear_regressions_exact_dynamics(
         assert any(1 < k // 8 < 16 for _, k in measured), measured
     else:
         assert all(k == 8 * 16 for _, k in measured), measured
+
+
+def test_the_reference_rate_is_tuned_up_where_the_workloads_rate_is_too_low(tmp_path: Path) -> None:
+    """SGD on linreg far below its stability limit (lr 0.02, Hessian ~ I): the excess loss decays as
+    (1 - lr)^(2t), so the steps to the target scale as 1/lr and each doubling saves ~half of them,
+    far past the 10% a doubling must save: the search takes both its doublings, 4x, on both seeds.
+    A given rate is used as it is; without tuning, the rule scales the workload's rate."""
+    from batchlab.critical import reference_rate
+
+    wl = linreg.workload()
+    with Store(tmp_path / "results.db") as store:
+        lr, rate = reference_rate(
+            wl, 32, lr=None, tune=True, store=store, device=torch.device("cpu"), say=print
+        )
+        assert lr == pytest.approx(4 * 0.02) and rate["source"] == "tuned"
+        assert [c["lr"] for c in rate["checks"]] == pytest.approx([0.02, 0.02, 0.04, 0.04, 0.08, 0.08])
+        steps = [c["steps_to_target"] for c in rate["checks"]]
+        assert all(0.4 <= b / a <= 0.6 for a, b in itertools.pairwise(steps[::2])), steps
+        again = reference_rate(wl, 32, lr=None, tune=True, store=store, device=torch.device("cpu"), say=print)
+        assert again == (lr, rate)  # reused from the store
+    assert reference_rate(wl, 64, lr=None, tune=False, store=None, device=torch.device("cpu"), say=print)[
+        0
+    ] == pytest.approx(0.04)
+    assert reference_rate(wl, 64, lr=0.01, tune=True, store=None, device=torch.device("cpu"), say=print) == (
+        0.01,
+        {"lr": 0.01, "source": "given"},
+    )
 
 
 # The ramp -------------------------------------------------------------------------------------------
@@ -249,7 +282,11 @@ def test_cli_study_saves_a_ramp_that_train_takes_and_resumes_from_its_runs(tmp_p
     out = tmp_path / "study"
     args = ("study", "critical-batch", "--workload", "linreg", "--max-k", "4", "--out", str(out))
     data = invoke_json(*args)
-    assert [r["point"] for r in data["rows"]] == ["10%", "25%", "50%", "75%"]
+    steps = data["settings"]["reference_steps_to_target"]
+    fractions = [r["fraction"] for r in data["rows"]]
+    assert fractions == pytest.approx([0.1, 0.25, 0.5, 0.75], abs=0.5 / steps + 1e-12)  # the nearest steps
+    assert data["settings"]["rate"]["source"] == "tuned"  # linreg's rate 0.02 is 4x too low
+    assert data["settings"]["lr"] == pytest.approx(0.08)
     branches = data["extra"]["branches"]
     assert len(branches) == 4 * (1 + 2 + 2)  # k = 1, then 2 and 4 at the linear and the sqrt rate
     for (_step, k), group in itertools.groupby(branches, key=lambda a: (a["step"], a["k"])):

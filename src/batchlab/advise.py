@@ -33,9 +33,11 @@ import torch
 from . import _dist
 from ._errors import bad
 from ._json import json_safe
+from ._record import recorded_train
 from .lr import LrRule, scale_lr
 from .memory import MemoryProfile, probe_memory
 from .noise import noise_at_parameters
+from .store import Store
 from .throughput import ThroughputProfile, profile_throughput
 from .train import TrainResult, train
 from .workload import Workload, load_workload
@@ -272,15 +274,15 @@ def advise(
 
     lr_checks: list[Measured] = []
     if best is not None and chosen_size != workload.batch_size:
-        chosen_lr, lr_checks = _tune_lr(
+        chosen_lr, lr_checks = tune_lr(
             workload,
             chosen_size,
             chosen_lr,
             _tuning_steps(best, reference_prediction),
             device,
-            budget,
-            limitations,
-            say,
+            budget=budget,
+            limitations=limitations,
+            say=say,
         )
         if lr_checks and not any(m.steps_to_target is not None for m in lr_checks):
             # Never seen to reach the target at this batch (a larger batch can settle above a tight
@@ -438,21 +440,28 @@ def _tuning_steps(best: Prediction, reference: Prediction | None) -> int:
     return max(LR_CHECK_STEPS, math.ceil(limit))
 
 
-def _tune_lr(
+def tune_lr(
     workload: Workload,
     batch_size: int,
     lr: float,
     limit: int,
     device: str | torch.device,
-    budget: _Budget,
-    limitations: list[str],
-    say: Progress,
+    *,
+    budget: _Budget | None = None,
+    limitations: list[str] | None = None,
+    say: Progress | None = None,
+    store: Store | None = None,
+    kind: str = "tuning",
 ) -> tuple[float, list[Measured]]:
     """A doubling search on the learning rate at the chosen batch, each run trained to the target
     (at most `limit` steps): halve while it diverges; from the first rate that trains,
     double while steps-to-target falls. The rules assume the reference rate was the best one at the
-    reference batch; when it was conservative, this recovers the difference."""
+    reference batch; when it was conservative, this recovers the difference. With a `store`, each
+    run is recorded there under `kind` and a finished one reused (a killed study resumes past its
+    tuning)."""
     checks: list[Measured] = []
+    limitations = [] if limitations is None else limitations
+    say = say or (lambda text: None)
 
     def attempt(rate: float, limit: int) -> Measured | None:
         """Train TUNING_SEEDS seeds at `rate`, each to the target or `limit` steps; the slower one
@@ -460,12 +469,14 @@ def _tune_lr(
         recommend), so a seed that misses ends the attempt: the others cannot change its verdict."""
         runs = []
         for seed in range(TUNING_SEEDS):
-            if budget.left() <= 0:
+            if budget is not None and budget.left() <= 0:
                 limitations.append("the budget ran out while the learning rate was being tuned")
                 return None
             say(f"check: batch {batch_size} at lr {rate:.3g}, seed {seed}, to the target or {limit} steps")
-            run = train(
+            run, _ = recorded_train(
+                store,
                 workload,
+                kind=kind,
                 batch_size=batch_size,
                 lr=rate,
                 until_target=True,

@@ -1009,6 +1009,12 @@ def study_command(
     validation_seeds: str = typer.Option(
         None, "--validation-seeds", metavar="INT", help="critical-batch: seeds the ramp is validated on (3)"
     ),
+    lr: float = typer.Option(
+        None, "--lr", help="critical-batch: the batch's rate (default: the workload's, scaled, then tuned)"
+    ),
+    keep_lr: bool = typer.Option(
+        False, "--keep-lr", help="critical-batch: the workload's rate scaled to the batch, not tuned"
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for report.html, study.json, results.db"),
@@ -1043,12 +1049,14 @@ def study_command(
         ),
         "branch_rates": branch_rates,
         "validation_seeds": parse_int(validation_seeds, "validation_seeds", flag="--validation-seeds"),
+        "lr": lr,
+        "tune_lr": False if keep_lr else None,
     }
     accepted = inspect.signature(STUDIES[name]).parameters
     options = {k: v for k, v in given.items() if v is not None}
     for key in options:
         if key not in accepted:
-            flag = "--" + key.replace("_", "-")
+            flag = {"tune_lr": "--keep-lr"}.get(key, "--" + key.replace("_", "-"))
             raise bad(flag, options[key], f"an option of another study, not {name.value}", f"drop {flag}")
     wl = load_workload(workload)
     folder = out if out is not None else Path(f"batchlab-study-{name.value}")
