@@ -209,7 +209,7 @@ def test_the_reference_rate_is_tuned_up_where_the_workloads_rate_is_too_low(tmp_
     ] == pytest.approx(0.04)
     assert reference_rate(wl, 64, lr=0.01, tune=True, store=None, device=torch.device("cpu"), say=print) == (
         0.01,
-        {"lr": 0.01, "source": "given"},
+        {"lr": 0.01, "source": "given", "start": 0.01},
     )
 
 
@@ -285,7 +285,10 @@ def test_cli_study_saves_a_ramp_that_train_takes_and_resumes_from_its_runs(tmp_p
     steps = data["settings"]["reference_steps_to_target"]
     fractions = [r["fraction"] for r in data["rows"]]
     assert fractions == pytest.approx([0.1, 0.25, 0.5, 0.75], abs=0.5 / steps + 1e-12)  # the nearest steps
-    assert data["settings"]["rate"]["source"] == "tuned"  # linreg's rate 0.02 is 4x too low
+    assert data["settings"]["lr_source"] == "tuned"  # linreg's rate 0.02 is 4x too low
+    assert [c["lr"] for c in data["extra"]["lr_tuning"]] == pytest.approx(
+        [0.02, 0.02, 0.04, 0.04, 0.08, 0.08]
+    )
     assert data["settings"]["lr"] == pytest.approx(0.08)
     branches = data["extra"]["branches"]
     assert len(branches) == 4 * (1 + 2 + 2)  # k = 1, then 2 and 4 at the linear and the sqrt rate

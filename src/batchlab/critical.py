@@ -385,8 +385,13 @@ def critical_batch(
         findings=tuple(findings),
         rows=tuple(found.rows),
         runs=tuple(runs),
-        settings={**found.settings, "rate": reference},
-        extra={"branches": found.branches, "validation": validation, "ramp": found.ramp.to_dict()},
+        settings={**found.settings, "lr_source": reference["source"], "lr_start": reference["start"]},
+        extra={
+            "branches": found.branches,
+            "validation": validation,
+            "ramp": found.ramp.to_dict(),
+            "lr_tuning": reference.get("checks", []),
+        },
     )
 
 
@@ -416,11 +421,15 @@ def reference_rate(
     from .advise import tune_lr
 
     if lr is not None:
-        return check_lr(lr), {"lr": lr, "source": "given"}
+        return check_lr(lr), {"lr": lr, "source": "given", "start": lr}
     rule = branch_rule(workload)
     start = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
     if not tune:
-        return start, {"lr": start, "source": f"the workload's rate, scaled by the {rule.value} rule"}
+        return start, {
+            "lr": start,
+            "source": f"the workload's, scaled by the {rule.value} rule",
+            "start": start,
+        }
     say(f"the rate at batch {b}: doubling search from {start:.3g}")
     limitations: list[str] = []
     tuned, checks = tune_lr(

@@ -354,6 +354,11 @@ def render_study(study: dict[str, Any]) -> str:
             headers = list(seeds[0])
             parts.append("<h3>Each seed</h3>")
             parts.append(table(headers, [[s.get(h) for h in headers] for s in seeds]))
+        tuning = study["extra"].get("lr_tuning") or []
+        if tuning:  # the doubling search that chose the reference batch's rate
+            headers = list(tuning[0])
+            parts.append("<h3>The reference batch's rate: each run of its tuning</h3>")
+            parts.append(table(headers, [[t.get(h) for h in headers] for t in tuning]))
     parts.append(
         '<h2>Settings</h2><table class="settings">'
         + "".join(
