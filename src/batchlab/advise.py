@@ -241,90 +241,28 @@ def advise(
         upper = max(timed, default=workload.batch_size)
         predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=upper)
 
-    # The largest batch the prediction could choose is its best without a memory cap: a cap above
-    # it changes nothing, a cap below it is found exactly by a search bounded there.
-    unbounded = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
-    probe_to = None if full_memory else (unbounded.batch_size if unbounded else workload.batch_size)
-    say(
-        "memory: the largest batch that fits"
-        + ("" if probe_to is None else f", up to {probe_to} (the largest the prediction could choose)")
+    memory, cap, probe_to, probed_no_further = _memory_cap(
+        workload, predictions, full_memory, device, memory_limit, world, say, limitations
     )
-    memory = probe_memory(
-        workload,
-        device=device,
-        limit_bytes=memory_limit,
-        max_batch_size=None if probe_to is None else max(1, math.ceil(probe_to / world)),
-    )
-    cap = memory.max_batch_size or workload.batch_size
-    if world > 1 and memory.max_batch_size is not None:  # the probe's answer is per device
-        cap = min(memory.max_batch_size * world, workload.train_size) // world * world
-    if memory.max_batch_size is None:
-        limitations.append(
-            "not even the smallest batch fitted in memory; the reference batch is used as the cap"
-        )
-    probed_no_further = probe_to is not None and memory.max_batch_size is not None and cap >= probe_to
     # The reference is what the user runs today: its prediction stays the baseline whatever the cap.
     reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
     predictions = [p for p in predictions if p.batch_size <= cap]
-
-    best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
-    chosen_size = best.batch_size if best else workload.batch_size
-    chosen_lr, rule = lr_for(workload, chosen_size, b_noise) if best else (workload.lr, LrRule.NONE)
-    rule_lr = chosen_lr
-
-    lr_checks: list[Measured] = []
-    if best is not None and chosen_size != workload.batch_size:
-        chosen_lr, lr_checks = tune_lr(
-            workload,
-            chosen_size,
-            chosen_lr,
-            _tuning_steps(best, reference_prediction),
-            device,
-            budget=budget,
-            limitations=limitations,
-            say=say,
-        )
-        if lr_checks and not any(m.steps_to_target is not None for m in lr_checks):
-            # Never seen to reach the target at this batch (a larger batch can settle above a tight
-            # target): recommend only what was seen to work, the reference point.
-            limitations.append(
-                f"at batch {chosen_size} no learning rate tried reached the target within twice the "
-                "predicted steps, nor in the time the reference takes, so the reference point "
-                f"(batch {workload.batch_size}) is kept"
-            )
-            best = next((p for p in predictions if p.batch_size == workload.batch_size), None)
-            chosen_size, chosen_lr, rule = workload.batch_size, workload.lr, LrRule.NONE
-            rule_lr = chosen_lr
-
+    best, chosen_size, chosen_lr, rule, rule_lr, lr_checks = _choose(
+        workload, predictions, reference_prediction, b_noise, device, budget, limitations, say
+    )
     measured: list[Measured] = []
     measured_speedup = None
     if validate and best is not None:
-        if budget.left() <= 0:
-            limitations.append("the budget ran out before validation")
-        else:
-            say(f"validate: train batch {chosen_size} (lr {chosen_lr:.3g}) and the reference to the target")
-            run = train(workload, batch_size=chosen_size, lr=chosen_lr, until_target=True, device=device)
-            ref = train(workload, batch_size=workload.batch_size, until_target=True, device=device)
-            measured = [_measured(ref, workload.batch_size), _measured(run, chosen_size)]
-            if run.seconds_to_target and ref.seconds_to_target:
-                measured_speedup = ref.seconds_to_target / run.seconds_to_target
+        measured, measured_speedup = _validate(
+            workload, chosen_size, chosen_lr, device, budget, limitations, say
+        )
     if budget_seconds is not None and budget.left() < 0:
         limitations.append(
             f"the measurements took {budget_seconds - budget.left():.0f}s of a {budget_seconds:.0f}s budget"
         )
 
     budget.enter(None)
-    # The tuning runs trained to the target at the chosen batch: their steps replace the model's.
-    tuned = [m for m in lr_checks if m.lr == chosen_lr and m.steps_to_target is not None]
-    predicted_steps = best.steps_to_target if best else None
-    if tuned:  # the slower seed at the chosen rate, as the tuning judged it
-        predicted_steps = float(max(m.steps_to_target or 0 for m in tuned))
-    predicted_seconds = None
-    if best and predicted_steps is not None:
-        predicted_seconds = predicted_steps * best.step_seconds
-    speedup = None
-    if predicted_seconds and reference_prediction:
-        speedup = reference_prediction.seconds_to_target / predicted_seconds
+    predicted_steps, predicted_seconds, speedup = _predicted(best, lr_checks, chosen_lr, reference_prediction)
     return Advice(
         workload=workload.name,
         device=memory.device,
@@ -372,6 +310,123 @@ def advise(
         seconds=time.perf_counter() - budget.start,
         world_size=world,
     )
+
+
+def _memory_cap(
+    workload: Workload,
+    predictions: list[Prediction],
+    full_memory: bool,
+    device: str | torch.device,
+    memory_limit: int | None,
+    world: int,
+    say: Progress,
+    limitations: list[str],
+) -> tuple[MemoryProfile, int, int | None, bool]:
+    """The memory probe, bounded by the prediction: the profile, the cap on the (global) batch, how
+    far it probed (None: to the edge), and whether the cap is only a lower bound (probed no further)."""
+    # The largest batch the prediction could choose is its best without a memory cap: a cap above
+    # it changes nothing, a cap below it is found exactly by a search bounded there.
+    unbounded = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
+    probe_to = None if full_memory else (unbounded.batch_size if unbounded else workload.batch_size)
+    say(
+        "memory: the largest batch that fits"
+        + ("" if probe_to is None else f", up to {probe_to} (the largest the prediction could choose)")
+    )
+    memory = probe_memory(
+        workload,
+        device=device,
+        limit_bytes=memory_limit,
+        max_batch_size=None if probe_to is None else max(1, math.ceil(probe_to / world)),
+    )
+    cap = memory.max_batch_size or workload.batch_size
+    if world > 1 and memory.max_batch_size is not None:  # the probe's answer is per device
+        cap = min(memory.max_batch_size * world, workload.train_size) // world * world
+    if memory.max_batch_size is None:
+        limitations.append(
+            "not even the smallest batch fitted in memory; the reference batch is used as the cap"
+        )
+    probed_no_further = probe_to is not None and memory.max_batch_size is not None and cap >= probe_to
+    return memory, cap, probe_to, probed_no_further
+
+
+def _choose(
+    workload: Workload,
+    predictions: list[Prediction],
+    reference_prediction: Prediction | None,
+    b_noise: float | None,
+    device: str | torch.device,
+    budget: _Budget,
+    limitations: list[str],
+    say: Progress,
+) -> tuple[Prediction | None, int, float, LrRule, float, list[Measured]]:
+    """The predicted best batch under the cap and its rate: the rule's, then tuned there. Returns
+    the prediction, the batch, the rate, the rule, the rule's rate, and the tuning runs."""
+    best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
+    chosen_size = best.batch_size if best else workload.batch_size
+    chosen_lr, rule = lr_for(workload, chosen_size, b_noise) if best else (workload.lr, LrRule.NONE)
+    rule_lr = chosen_lr
+    lr_checks: list[Measured] = []
+    if best is not None and chosen_size != workload.batch_size:
+        chosen_lr, lr_checks = tune_lr(
+            workload,
+            chosen_size,
+            chosen_lr,
+            _tuning_steps(best, reference_prediction),
+            device,
+            budget=budget,
+            limitations=limitations,
+            say=say,
+        )
+        if lr_checks and not any(m.steps_to_target is not None for m in lr_checks):
+            # Never seen to reach the target at this batch (a larger batch can settle above a tight
+            # target): recommend only what was seen to work, the reference point.
+            limitations.append(
+                f"at batch {chosen_size} no learning rate tried reached the target within twice the "
+                "predicted steps, nor in the time the reference takes, so the reference point "
+                f"(batch {workload.batch_size}) is kept"
+            )
+            best = next((p for p in predictions if p.batch_size == workload.batch_size), None)
+            chosen_size, chosen_lr, rule = workload.batch_size, workload.lr, LrRule.NONE
+            rule_lr = chosen_lr
+    return best, chosen_size, chosen_lr, rule, rule_lr, lr_checks
+
+
+def _validate(
+    workload: Workload,
+    chosen_size: int,
+    chosen_lr: float,
+    device: str | torch.device,
+    budget: _Budget,
+    limitations: list[str],
+    say: Progress,
+) -> tuple[list[Measured], float | None]:
+    """The advice and the reference, each trained to the target: what each took, and the speedup."""
+    if budget.left() <= 0:
+        limitations.append("the budget ran out before validation")
+        return [], None
+    say(f"validate: train batch {chosen_size} (lr {chosen_lr:.3g}) and the reference to the target")
+    run = train(workload, batch_size=chosen_size, lr=chosen_lr, until_target=True, device=device)
+    ref = train(workload, batch_size=workload.batch_size, until_target=True, device=device)
+    measured = [_measured(ref, workload.batch_size), _measured(run, chosen_size)]
+    speedup = None
+    if run.seconds_to_target and ref.seconds_to_target:
+        speedup = ref.seconds_to_target / run.seconds_to_target
+    return measured, speedup
+
+
+def _predicted(
+    best: Prediction | None, lr_checks: list[Measured], lr: float, reference: Prediction | None
+) -> tuple[float | None, float | None, float | None]:
+    """Steps and seconds to target at the chosen batch and rate, and the speedup over the reference.
+    The tuning runs trained to the target there: their steps replace the model's (the slower seed at
+    the chosen rate, as the tuning judged it)."""
+    tuned = [m for m in lr_checks if m.lr == lr and m.steps_to_target is not None]
+    steps = best.steps_to_target if best else None
+    if tuned:
+        steps = float(max(m.steps_to_target or 0 for m in tuned))
+    seconds = steps * best.step_seconds if best and steps is not None else None
+    speedup = reference.seconds_to_target / seconds if seconds and reference else None
+    return steps, seconds, speedup
 
 
 def _reference_noise(
