@@ -170,7 +170,7 @@ def measure(
         batch_size=b,
         lr=lr,
         until_target=True,
-        max_steps=_target_limit(workload, b),  # as the rate's tuning trains: its run is reused
+        max_steps=_target_limit(workload, b),  # as tuning trains its first rate: reused when kept
         seed=seed,
         device=dev,
     )
