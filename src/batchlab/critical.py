@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _dist
 from ._checkpoint import load_checkpoint
 from ._device import resolve_device
 from ._errors import bad
@@ -35,7 +36,7 @@ from ._record import recorded_train
 from .lr import LrRule, scale_lr
 from .noise import noise_at_parameters
 from .schedule import BatchSchedule
-from .store import Store
+from .store import Store, run_key
 from .train import DEFAULT_EPOCHS_UNTIL_TARGET, CurvePoint, TrainResult, fresh_model, train
 from .workload import Workload, check_batch_size, check_lr
 
@@ -598,11 +599,7 @@ def _measure_point(
     for arm in arms:
         arm["progress"] = start_loss - arm["loss"]
         arm["progress_ratio"] = arm["progress"] / base if base > 0 else None
-    model = fresh_model(workload, seed, device)
-    model.load_state_dict(load_checkpoint(path, workload.name, device).state["model"])
-    reading = noise_at_parameters(
-        model, workload, micro_batch=b, device=device, max_examples=NOISE_EXAMPLES, seed=seed
-    )
+    reading = _noise_at_checkpoint(store, workload, path, b=b, seed=seed, device=device)
     row = {
         "point": f"{fraction:.0%}",
         "fraction": fraction,
@@ -611,11 +608,34 @@ def _measure_point(
         "loss": start_loss,
         "critical_batch": None if k_star is None else k_star * b,
         "lower_bound": k_star == ks[-1],  # every branch kept up: it lies at or past the largest tried
-        "b_simple": reading.b_simple,
-        "b_simple_stderr": reading.b_simple_stderr,
+        "b_simple": reading["b_simple"],
+        "b_simple_stderr": reading["b_simple_stderr"],
         "branch_examples": length,
     }
     return row, arms
+
+
+def _noise_at_checkpoint(
+    store: Store | None, workload: Workload, path: str, *, b: int, seed: int, device: torch.device
+) -> dict[str, float]:
+    """B_simple at a checkpoint's parameters (micro-batches of `b`, one pass over at most
+    NOISE_EXAMPLES), recorded in the store like a run, so that a resumed study does not measure it
+    again (on charlm it costs about as much as two branches)."""
+    config = {"workload": workload.name, "checkpoint": path, "micro_batch": b, "max_examples": NOISE_EXAMPLES}
+    key = run_key("noise-at-checkpoint", {**config, "seed": seed})
+    done = _dist.broadcast(None if store is None else store.finished(key))  # rank 0 holds the store
+    if done is not None:
+        return done
+    model = fresh_model(workload, seed, device)
+    model.load_state_dict(load_checkpoint(path, workload.name, device).state["model"])
+    reading = noise_at_parameters(
+        model, workload, micro_batch=b, device=device, max_examples=NOISE_EXAMPLES, seed=seed
+    )
+    result = {"b_simple": reading.b_simple, "b_simple_stderr": reading.b_simple_stderr}
+    if store is not None:
+        run_id = store.begin_run(key, kind="noise-at-checkpoint", workload=workload.name, config=config)
+        store.finish_run(run_id, result)
+    return result
 
 
 def seed_summary(
