@@ -36,6 +36,9 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     assert 1 <= data["batch_size"] <= data["max_batch_size"]
     best = min(data["predictions"], key=lambda p: p["seconds_to_target"])
     assert data["batch_size"] == best["batch_size"]
+    # The prediction is split at the cap: what fits, and what is drawn past it.
+    assert all(p["batch_size"] <= data["max_batch_size"] for p in data["predictions"])
+    assert all(p["batch_size"] > data["max_batch_size"] for p in data["predictions_past_cap"])
     assert data["model_steps_to_target"] == pytest.approx(best["steps_to_target"])
     # The time is the steps (measured by the tuning runs when they reached the target) x step time.
     assert data["predicted_seconds_to_target"] == pytest.approx(

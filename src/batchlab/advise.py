@@ -95,7 +95,7 @@ class Advice:
     b_noise_stderr: float | None
     knee_batch_size: int | None
     reference: dict[str, Any]
-    predictions: tuple[Prediction, ...]
+    predictions: tuple[Prediction, ...]  # at the batches that fit (under the cap)
     rationale: tuple[str, ...]
     limitations: tuple[str, ...]
     lr_checks: tuple[Measured, ...] = ()
@@ -107,6 +107,9 @@ class Advice:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     world_size: int = 1  # under torchrun: batch sizes (and max_batch_size) are global
+    # The prediction past the cap (batches timed by the throughput profile that do not fit, or that
+    # the bounded probe did not reach): where the time to target turns up, drawn beside the advice.
+    predictions_past_cap: tuple[Prediction, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -246,6 +249,7 @@ def advise(
     )
     # The reference is what the user runs today: its prediction stays the baseline whatever the cap.
     reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
+    past_cap = tuple(p for p in predictions if p.batch_size > cap)
     predictions = [p for p in predictions if p.batch_size <= cap]
     best, chosen_size, chosen_lr, rule, rule_lr, lr_checks = _choose(
         workload, predictions, reference_prediction, b_noise, device, budget, limitations, say
@@ -285,6 +289,7 @@ def advise(
         knee_batch_size=throughput.knee_batch_size,
         reference=reference,
         predictions=tuple(predictions),
+        predictions_past_cap=past_cap,
         rationale=tuple(
             _rationale(
                 workload,

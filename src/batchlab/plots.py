@@ -258,6 +258,16 @@ def time_to_target(advice: dict[str, Any]) -> bytes:
             color="tab:blue",
             label="predicted",
         )
+        past = [p for p in advice.get("predictions_past_cap") or [] if p["seconds_to_target"] is not None]
+        if past:  # where the curve goes past the cap: the batches that do not fit, or were not probed
+            joined = curve[-1:] + past
+            ax.plot(
+                [p["batch_size"] for p in joined],
+                [p["seconds_to_target"] for p in joined],
+                "--",
+                color="tab:gray",
+                label="predicted, past the cap",
+            )
         ax.axvline(
             advice["batch_size"], color="tab:green", linestyle="--", label=f"advice: {advice['batch_size']}"
         )
