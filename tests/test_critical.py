@@ -334,6 +334,10 @@ def test_cli_bad_critical_batch_and_schedule_input_is_one_line(tmp_path: Path) -
         "study", "critical-batch", "--workload", "linreg", "--epsilon", "2", "--out", str(tmp_path)
     )
     assert_one_line_error(result, "epsilon", "(0, 1)")
+    result = invoke("study", "critical-batch", "--workload", "linreg", "--lr", "-1", "--out", str(tmp_path))
+    assert_one_line_error(result, "lr", "> 0")
+    result = invoke("study", "lr-scaling", "--workload", "linreg", "--keep-lr", "--out", str(tmp_path))
+    assert_one_line_error(result, "--keep-lr", "another study")
     result = invoke("train", "--workload", "linreg", "--batch-schedule", str(tmp_path / "none.json"))
     assert_one_line_error(result, "--batch-schedule", "an existing file")
     (tmp_path / "bad.json").write_text(

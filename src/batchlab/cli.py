@@ -1057,7 +1057,8 @@ def study_command(
     for key in options:
         if key not in accepted:
             flag = {"tune_lr": "--keep-lr"}.get(key, "--" + key.replace("_", "-"))
-            raise bad(flag, options[key], f"an option of another study, not {name.value}", f"drop {flag}")
+            value = "set" if key == "tune_lr" else options[key]  # a flag: it has no value to show
+            raise bad(flag, value, f"an option of another study, not {name.value}", f"drop {flag}")
     wl = load_workload(workload)
     folder = out if out is not None else Path(f"batchlab-study-{name.value}")
     store = open_store(folder)
