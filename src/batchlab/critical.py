@@ -625,11 +625,17 @@ def _noise_at_checkpoint(
     """B_simple at a checkpoint's parameters (micro-batches of `b`, one pass over at most
     NOISE_EXAMPLES), recorded in the store like a run, so that a resumed study does not measure it
     again (on charlm it costs about as much as two branches)."""
-    config = {"workload": workload.name, "checkpoint": path, "micro_batch": b, "max_examples": NOISE_EXAMPLES}
-    key = run_key("noise-at-checkpoint", {**config, "seed": seed})
+    config = {
+        "workload": workload.name,
+        "checkpoint": path,
+        "micro_batch": b,
+        "max_examples": NOISE_EXAMPLES,
+        "seed": seed,
+    }
+    key = run_key("noise-at-checkpoint", config)
     done = _dist.broadcast(None if store is None else store.finished(key))  # rank 0 holds the store
-    if done is not None:
-        return done
+    if done is not None:  # JSON keeps a non-finite reading as null: it comes back as nan
+        return {k: math.nan if v is None else float(v) for k, v in done.items()}
     model = fresh_model(workload, seed, device)
     model.load_state_dict(load_checkpoint(path, workload.name, device).state["model"])
     reading = noise_at_parameters(
