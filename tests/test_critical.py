@@ -89,6 +89,34 @@ def test_a_branch_sees_the_same_examples_in_order_at_a_larger_batch(tmp_path: Pa
     assert float((moved_small - moved_large).norm()) < 1e-3 * float(moved_small.norm())
 
 
+def test_a_branch_on_another_data_order_draws_its_batches_from_that_seed(tmp_path: Path) -> None:
+    """`data_seed` redraws the epoch's permutation from a generator seeded with it, at the same
+    offset: the first batch after the checkpoint is order[offset : offset + B] of that permutation,
+    so its mini-batch loss at the checkpoint's parameters is known exactly; the same seed repeats
+    the run, the checkpoint's own order gives another batch."""
+    from batchlab.train import fresh_model
+
+    wl = linreg.workload()
+    saved = train(wl, batch_size=8, max_steps=10, checkpoint_at=[10], checkpoint_dir=tmp_path)
+    path = saved.checkpoints[0]["path"]
+    kw: dict = dict(batch_size=8, lr=0.02, max_steps=11, eval_every=1, resume_from=path)
+    other = train(wl, data_seed=3, **kw)
+    again = train(wl, data_seed=3, **kw)
+    own = train(wl, **kw)
+    assert other.curve[-1].batch_loss == again.curve[-1].batch_loss
+    assert other.curve[-1].batch_loss != own.curve[-1].batch_loss
+    model = fresh_model(wl, 0, torch.device("cpu"))
+    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    x, y = wl.train_data.tensors  # type: ignore[attr-defined]
+    offset = (10 * 8) % len(x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))[offset : offset + 8]
+    with torch.no_grad():
+        expected = float(wl.loss(model(x[order]), y[order]))
+    assert other.curve[-1].batch_loss == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(BatchlabError, match="data_seed"):
+        train(wl, batch_size=8, max_steps=5, data_seed=3)  # a fresh run's order is its seed
+
+
 def test_bad_checkpoint_settings_get_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(BatchlabError, match="checkpoint_dir"):
         train("linreg", batch_size=32, max_steps=5, checkpoint_at=[2])
@@ -211,6 +239,30 @@ def test_the_reference_rate_is_tuned_up_where_the_workloads_rate_is_too_low(tmp_
         0.01,
         {"lr": 0.01, "source": "given", "start": 0.01},
     )
+
+
+def test_branches_over_two_data_orders_keep_the_mean_of_their_losses(tmp_path: Path) -> None:
+    wl = linreg.workload()
+    with Store(tmp_path / "results.db") as store:
+        study = run_study(
+            "critical-batch",
+            wl,
+            store=store,
+            points=[0.25, 0.5],
+            max_k=4,
+            branch_orders=2,
+            validation_seeds=1,
+            tune_lr=False,
+        )
+    assert study.settings["branch_orders"] == 2
+    branches = study.extra["branches"]
+    assert len(branches) == 2 * (1 + 2 + 2)  # two points; k = 1, then 2 and 4 at both rates
+    for arm in branches:
+        first, second = arm["order_losses"]
+        assert first != second  # other examples, another trajectory
+        assert arm["loss"] == pytest.approx((first + second) / 2, rel=1e-12)
+    with pytest.raises(BatchlabError, match="branch_orders"):
+        run_study("critical-batch", wl, branch_orders=0)
 
 
 # The ramp -------------------------------------------------------------------------------------------

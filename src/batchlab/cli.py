@@ -1009,6 +1009,9 @@ def study_command(
     validation_seeds: str = typer.Option(
         None, "--validation-seeds", metavar="INT", help="critical-batch: seeds the ramp is validated on (3)"
     ),
+    branch_orders: str = typer.Option(
+        None, "--branch-orders", metavar="INT", help="critical-batch: data orders each branch trains on (1)"
+    ),
     lr: float = typer.Option(
         None, "--lr", help="critical-batch: the batch's rate (default: the workload's, scaled, then tuned)"
     ),
@@ -1049,6 +1052,7 @@ def study_command(
         ),
         "branch_rates": branch_rates,
         "validation_seeds": parse_int(validation_seeds, "validation_seeds", flag="--validation-seeds"),
+        "branch_orders": parse_int(branch_orders, "branch_orders", flag="--branch-orders"),
         "lr": lr,
         "tune_lr": False if keep_lr else None,
     }

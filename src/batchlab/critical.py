@@ -76,6 +76,9 @@ VALIDATION_LENGTH = 2.5
 # (digits-cnn at batch 8: 184 to 400), so one seed a side cannot tell a ramp's saving from luck.
 VALIDATION_SEEDS = 3
 BRANCH_RATES = ("both", "rule")  # see branch_rules
+# Each branch trains on BRANCH_ORDERS data orders (the checkpoint's own, then others) and keeps the
+# mean of their losses: more orders, less noise in each progress ratio, at that many times the cost.
+BRANCH_ORDERS = 1
 
 
 def branch_rule(workload: Workload) -> LrRule:
@@ -153,6 +156,7 @@ def measure(
     epsilon: float = EPSILON,
     branch_examples: int | None = None,
     branch_rates: str = "both",
+    branch_orders: int = BRANCH_ORDERS,
     store: Store | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
@@ -161,33 +165,13 @@ def measure(
     """Train at `batch_size` and `lr` to the target, branch at `points` of its steps, and read the
     critical batch at each by the rule (EPSILON); B_simple beside it; the ramp from the points."""
     b = _check_options(workload, batch_size, points, max_k, max_batch_size, epsilon, branch_examples)
-    if branch_rates not in BRANCH_RATES:
-        raise bad("branch_rates", branch_rates, "'both' or 'rule'", "pass --branch-rates both")
+    _check_branching(branch_rates, branch_orders)
     cap = min(workload.train_size, max_batch_size or workload.train_size)
     rule = branch_rule(workload)
     dev = resolve_device(device)
     say = progress or (lambda label: None)
     say(f"reference run at batch {b} to the target")
-    reference, _ = recorded_train(
-        store,
-        workload,
-        kind="study",
-        batch_size=b,
-        lr=lr,
-        until_target=True,
-        max_steps=_target_limit(workload, b),  # as tuning trains its first rate: reused when kept
-        seed=seed,
-        device=dev,
-    )
-    if not reference.reached_target or reference.steps_to_target is None:
-        raise bad(
-            "workload.target",
-            workload.target.to_dict(),
-            f"a target the run at batch {b}, lr {lr:.3g} reaches in {reference.steps} steps",
-            "set a target it reaches, or pass --batch-size with a batch that trains",
-        )
-    steps_to_target = reference.steps_to_target
-    examples_to_target = reference.examples_to_target or steps_to_target * b
+    steps_to_target, examples_to_target = _reference_run(store, workload, b=b, lr=lr, seed=seed, device=dev)
     at_steps = sorted({max(1, round(f * steps_to_target)) for f in points})
     k_top = 1 << int(math.log2(max(1, min(max_k, cap // b))))
     ks = [1 << i for i in range(int(math.log2(k_top)) + 1)]
@@ -217,6 +201,7 @@ def measure(
                 length=length,
                 rules=branch_rules(rule) if branch_rates == "both" else (rule,),
                 epsilon=epsilon,
+                orders=branch_orders,
                 seed=seed,
                 device=dev,
             )
@@ -242,6 +227,7 @@ def measure(
         "epsilon": epsilon,
         "branch_examples": length,
         "branch_rates": branch_rates,
+        "branch_orders": branch_orders,
         "smoothing": SMOOTHING,
         "loss_metric": loss_metric(workload),
         "max_batch_size": cap,
@@ -251,6 +237,32 @@ def measure(
         "seed": seed,
     }
     return Measurement(rows=rows, branches=branches, ramp=ramp, constant=constant, settings=settings)
+
+
+def _reference_run(
+    store: Store | None, workload: Workload, *, b: int, lr: float, seed: int, device: torch.device
+) -> tuple[int, int]:
+    """The run at batch `b` to the target: its updates and examples to the target."""
+    reference, _ = recorded_train(
+        store,
+        workload,
+        kind="study",
+        batch_size=b,
+        lr=lr,
+        until_target=True,
+        max_steps=_target_limit(workload, b),  # as tuning trains its first rate: reused when kept
+        seed=seed,
+        device=device,
+    )
+    if not reference.reached_target or reference.steps_to_target is None:
+        raise bad(
+            "workload.target",
+            workload.target.to_dict(),
+            f"a target the run at batch {b}, lr {lr:.3g} reaches in {reference.steps} steps",
+            "set a target it reaches, or pass --batch-size with a batch that trains",
+        )
+    steps = reference.steps_to_target
+    return steps, reference.examples_to_target or steps * b
 
 
 def measured_rates(
@@ -296,6 +308,7 @@ def critical_batch(
     branch_examples: int | None = None,
     advised_batch_size: int | None = None,
     branch_rates: str = "both",
+    branch_orders: int = BRANCH_ORDERS,
     validation_seeds: int = VALIDATION_SEEDS,
     lr: float | None = None,
     tune_lr: bool = True,
@@ -319,6 +332,7 @@ def critical_batch(
     if not isinstance(tune_lr, bool):
         raise bad("tune_lr", tune_lr, "True or False", "leave it out to tune the rate")
     _check_options(workload, b, points, max_k, max_batch_size, epsilon, branch_examples)
+    _check_branching(branch_rates, branch_orders)  # before the rate's tuning trains anything
     rule = branch_rule(workload)
     dev = resolve_device(device)
     say = progress or (lambda label: None)
@@ -333,44 +347,24 @@ def critical_batch(
         epsilon=epsilon,
         branch_examples=branch_examples,
         branch_rates=branch_rates,
+        branch_orders=branch_orders,
         store=store,
         seed=seed,
         device=dev,
         progress=say,
     )
-    seeds = [seed + i for i in range(validation_seeds)]
-    arms: list[tuple[str, str, BatchSchedule | int, float]] = [
-        ("constant", f"constant {b}", b, lr),
-        ("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in found.ramp.phases), found.ramp, lr),
-    ]
-    if advised_batch_size is not None:
-        advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
-        arms.append(("advised", f"advised constant {advised_batch_size}", advised_batch_size, advised_lr))
-    validation, runs = [], []
-    by_group: dict[str, list[TrainResult]] = {}
-    for group, label, size, rate in arms:
-        if group == "ramp" and len(found.ramp.phases) == 1:  # no growth: the constant batch's runs
-            by_group[group] = by_group["constant"]
-        else:
-            say(f"{label}, {len(seeds)} seeds")
-        trained = by_group.get(group) or [
-            found.constant
-            if group == "constant" and s == seed  # the run the checkpoints came from
-            else recorded_train(
-                store,
-                workload,
-                kind="study",
-                batch_size=size,
-                lr=rate,
-                max_epochs=found.settings["validation_epochs"],
-                seed=s,
-                device=dev,
-            )[0]
-            for s in seeds
-        ]
-        by_group[group] = trained
-        validation.append(seed_summary(group, label, trained, seeds, workload))
-        runs.append(_validation_curve(group, label, trained[0], workload))
+    validation, runs = _validate(
+        workload,
+        found,
+        b=b,
+        lr=lr,
+        rule=rule,
+        advised_batch_size=advised_batch_size,
+        seeds=[seed + i for i in range(validation_seeds)],
+        store=store,
+        device=dev,
+        say=say,
+    )
     findings = _findings(
         found.rows,
         validation,
@@ -398,6 +392,57 @@ def critical_batch(
             "lr_tuning": reference.get("checks", []),
         },
     )
+
+
+def _validate(
+    workload: Workload,
+    found: Measurement,
+    *,
+    b: int,
+    lr: float,
+    rule: LrRule,
+    advised_batch_size: int | None,
+    seeds: list[int],
+    store: Store | None,
+    device: torch.device,
+    say: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ramp against the constant batch (and the advised one), each trained over `seeds` for the
+    validation's examples: a summary row per arm, and one curve per arm for the plots."""
+    seed = seeds[0]  # its constant run is the one the checkpoints came from
+    arms: list[tuple[str, str, BatchSchedule | int, float]] = [
+        ("constant", f"constant {b}", b, lr),
+        ("ramp", "ramp " + " -> ".join(str(p.batch_size) for p in found.ramp.phases), found.ramp, lr),
+    ]
+    if advised_batch_size is not None:
+        advised_lr = scale_lr(rule, lr_ref=lr, batch_ref=b, batch_size=advised_batch_size)
+        arms.append(("advised", f"advised constant {advised_batch_size}", advised_batch_size, advised_lr))
+    validation, runs = [], []
+    by_group: dict[str, list[TrainResult]] = {}
+    for group, label, size, rate in arms:
+        if group == "ramp" and len(found.ramp.phases) == 1:  # no growth: the constant batch's runs
+            by_group[group] = by_group["constant"]
+        else:
+            say(f"{label}, {len(seeds)} seeds")
+        trained = by_group.get(group) or [
+            found.constant
+            if group == "constant" and s == seed  # the run the checkpoints came from
+            else recorded_train(
+                store,
+                workload,
+                kind="study",
+                batch_size=size,
+                lr=rate,
+                max_epochs=found.settings["validation_epochs"],
+                seed=s,
+                device=device,
+            )[0]
+            for s in seeds
+        ]
+        by_group[group] = trained
+        validation.append(seed_summary(group, label, trained, seeds, workload))
+        runs.append(_validation_curve(group, label, trained[0], workload))
+    return validation, runs
 
 
 def _target_limit(workload: Workload, b: int) -> int:
@@ -455,6 +500,13 @@ def reference_rate(
         "checks": [dataclasses.asdict(m) for m in checks],
         "limitations": limitations,
     }
+
+
+def _check_branching(branch_rates: str, branch_orders: int) -> None:
+    if branch_rates not in BRANCH_RATES:
+        raise bad("branch_rates", branch_rates, "'both' or 'rule'", "pass --branch-rates both")
+    if isinstance(branch_orders, bool) or not isinstance(branch_orders, int) or branch_orders < 1:
+        raise bad("branch_orders", branch_orders, "an integer >= 1", "pass --branch-orders 2")
 
 
 def _check_options(
@@ -550,11 +602,11 @@ def _measure_point(
     length: int,
     rules: tuple[LrRule, ...],
     epsilon: float,
+    orders: int,
     seed: int,
     device: torch.device,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Branch from one checkpoint at every k; the critical batch there and B_simple beside it."""
-    metric = loss_metric(workload)
     step, path = checkpoint["step"], checkpoint["path"]
     losses: dict[int, float] = {}
     arms, start_loss = [], math.nan
@@ -562,37 +614,21 @@ def _measure_point(
         steps = length // (k * b)
         tried = []
         for branch_rule_ in rules if k > 1 else rules[:1]:
-            branch_lr = scale_lr(branch_rule_, lr_ref=lr, batch_ref=b, batch_size=k * b)
-            run, _ = recorded_train(
-                store,
+            arm, start_loss = _branch(
                 workload,
-                kind="study",
-                batch_size=k * b,
-                lr=branch_lr,
-                max_steps=step + steps,
-                eval_every=max(1, steps // BRANCH_EVALS),
-                resume_from=path,
+                store=store,
+                path=path,
+                step=step,
+                k=k,
+                b=b,
+                rate=scale_lr(branch_rule_, lr_ref=lr, batch_ref=b, batch_size=k * b),
+                rule=branch_rule_,
+                steps=steps,
+                orders=orders,
                 seed=seed,
                 device=device,
             )
-            start_loss = run.curve[0].value(metric) or math.nan
-            tried.append(
-                {
-                    "step": step,
-                    "k": k,
-                    "batch_size": k * b,
-                    "rule": branch_rule_.value,
-                    "lr": branch_lr,
-                    "updates": steps,
-                    "examples": steps * k * b,
-                    "loss": smoothed_loss(run.curve, step, steps, metric),
-                    "diverged": run.diverged,
-                    "curve": [
-                        {"examples": p.examples - run.curve[0].examples, "loss": p.value(metric)}
-                        for p in run.curve
-                    ],
-                }
-            )
+            tried.append(arm)
         best = min(tried, key=lambda arm: arm["loss"])  # the first (the optimizer's rule) on a tie
         for arm in tried:
             arm["chosen"] = arm is best
@@ -617,6 +653,62 @@ def _measure_point(
         "branch_examples": length,
     }
     return row, arms
+
+
+def _branch(
+    workload: Workload,
+    *,
+    store: Store | None,
+    path: str,
+    step: int,
+    k: int,
+    b: int,
+    rate: float,
+    rule: LrRule,
+    steps: int,
+    orders: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], float]:
+    """One branch at k B and `rate` for `steps` updates from the checkpoint, over `orders` data
+    orders (the checkpoint's own, then others: `train(data_seed=...)`); its loss is the mean of the
+    orders' smoothed losses. Returns the branch's record and the loss at the checkpoint."""
+    metric = loss_metric(workload)
+    runs = []
+    for order in range(orders):
+        other = {} if order == 0 else {"data_seed": order}  # the checkpoint's own order keeps its key
+        run, _ = recorded_train(
+            store,
+            workload,
+            kind="study",
+            batch_size=k * b,
+            lr=rate,
+            max_steps=step + steps,
+            eval_every=max(1, steps // BRANCH_EVALS),
+            resume_from=path,
+            seed=seed,
+            device=device,
+            **other,
+        )
+        runs.append(run)
+    losses = [smoothed_loss(run.curve, step, steps, metric) for run in runs]
+    first = runs[0]
+    record = {
+        "step": step,
+        "k": k,
+        "batch_size": k * b,
+        "rule": rule.value,
+        "lr": rate,
+        "updates": steps,
+        "examples": steps * k * b,
+        "loss": float(np.mean(losses)),  # inf when any order diverged
+        "order_losses": losses,
+        "diverged": any(run.diverged for run in runs),
+        "curve": [
+            {"examples": p.examples - first.curve[0].examples, "loss": p.value(metric)} for p in first.curve
+        ],
+    }
+    return record, first.curve[0].value(metric) or math.nan
 
 
 def _noise_at_checkpoint(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,7 @@ def train(
     checkpoint_at: Sequence[int | float] = (),
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
+    data_seed: int | None = None,
     keep_model: bool = False,
     on_point: Callable[[CurvePoint], None] | None = None,
     progress: Progress | None = None,
@@ -278,6 +279,10 @@ def train(
     `resume_from` continues from such a checkpoint (its steps, examples and seconds counted on, and
     `max_steps` still the total): at the same settings the run is the one that saved it, step for
     step; at another batch size or rate it is a branch of it, seeing the same examples in order.
+    `data_seed` (with `resume_from`) draws the data from the checkpoint on in another order, from a
+    generator seeded with it (the epoch's permutation is drawn again, so the rest of that epoch may
+    repeat examples seen before the checkpoint): the same state on other examples, a second sample
+    of a branch.
     The target is judged at evaluation points on fixed data: the evaluation set for `eval_*`
     metrics, a fixed sample of the training set for `train_*` (TRAIN_SAMPLE); the mini-batch loss is
     kept as `batch_loss`. A loss that is not finite, or a training-sample loss that rises to
@@ -333,6 +338,14 @@ def train(
     saves = checkpoint_steps(checkpoint_at, checkpoint_dir, limit)
     dev = resolve_device(device)
     resume = None if resume_from is None else load_checkpoint(resume_from, workload.name, dev)
+    if data_seed is not None:
+        if isinstance(data_seed, bool) or not isinstance(data_seed, int):
+            raise bad("data_seed", data_seed, "an integer", "pass data_seed=1")
+        if resume is None:
+            raise bad("data_seed", data_seed, "used with resume_from", "pass seed= for a fresh run's order")
+        order = torch.Generator().manual_seed(data_seed).get_state()
+        position = {**resume.state["position"], "rng_state": order}
+        resume = replace(resume, state={**resume.state, "position": position})
     amp_precision = as_precision(precision, dev)
     if track_noise and amp_precision is not Precision.FP32:
         raise bad("track_noise", True, "used with fp32 precision", "measure the noise scale in fp32")
