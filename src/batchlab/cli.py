@@ -1010,7 +1010,7 @@ def study_command(
         None, "--validation-seeds", metavar="INT", help="critical-batch: seeds the ramp is validated on (3)"
     ),
     branch_orders: str = typer.Option(
-        None, "--branch-orders", metavar="INT", help="critical-batch: data orders each branch trains on (1)"
+        None, "--branch-orders", metavar="INT", help="critical-batch: data orders each branch trains on (2)"
     ),
     lr: float = typer.Option(
         None, "--lr", help="critical-batch: the batch's rate (default: the workload's, scaled, then tuned)"

@@ -78,7 +78,12 @@ VALIDATION_SEEDS = 3
 BRANCH_RATES = ("both", "rule")  # see branch_rules
 # Each branch trains on BRANCH_ORDERS data orders (the checkpoint's own, then others) and keeps the
 # mean of their losses: more orders, less noise in each progress ratio, at that many times the cost.
-BRANCH_ORDERS = 1
+# Two, measured (bench/ramp_oracle.py, 3 validation seeds): with one order a single low point held
+# the ramp back (digits-cnn from 32: critical 128/64/32/64, ramp 32 -> 64, 3% fewer updates;
+# tabular-adam: 256/256/128/64, 28%); with two, 128/128/64/128 and 256/256/128/128, ramps
+# 32 -> 64 -> 128 with 45% and 62% fewer updates at equal loss, while charlm from 32 (where no ramp
+# pays) still measured 64/64/32/32 and no ramp.
+BRANCH_ORDERS = 2
 
 
 def branch_rule(workload: Workload) -> LrRule:
