@@ -11,7 +11,10 @@ measured speedup within 25% of predicted.
 
 Beside the built-ins, bench/workloads.py: digits-tanh (plain SGD, a train_loss target),
 tabular-adam (AdamW on 20,000 rows), digits-bn-accuracy (conv + batch norm, an accuracy target).
-`python bench/advice_quality.py NAME...` runs the named rows only (keys of ORACLE).
+`python bench/advice_quality.py NAME...` runs the named rows only (keys of ORACLE). `--advice-only`
+runs the advice and the side-by-side timing again and keeps the row's oracle sweep from
+bench/results/advice_quality.json where it ran with these seeds and multipliers (the sweep does not
+depend on the advice).
 """
 
 from __future__ import annotations
@@ -132,7 +135,11 @@ def write_table(figures: dict, rows_by_name: dict[str, str]) -> None:
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(ORACLE)
+    advice_only_flag = "--advice-only" in sys.argv
+    names = [a for a in sys.argv[1:] if a != "--advice-only"] or list(ORACLE)
+    for name in names:
+        if name not in ORACLE:
+            raise SystemExit(f"unknown row {name!r}: one of {', '.join(ORACLE)}")
     earlier = RESULTS / "advice_quality.json"
     previous = json.loads(earlier.read_text()) if earlier.exists() else {}
     figures: dict = previous.get("workloads", {})
@@ -145,7 +152,11 @@ def main() -> None:
         advice_cost = time.perf_counter() - started
         # The cost that counts against the oracle is the advice itself; validation is an optional check.
         advice_only = advice_cost - advice.phase_seconds.get("validate", 0.0)
-        runs, oracle_cost = oracle(workload, sizes)
+        kept = figures.get(name, {}) if advice_only_flag else {}
+        if (kept.get("oracle_seeds"), kept.get("oracle_multipliers")) == (ORACLE_SEEDS, list(MULTIPLIERS)):
+            runs, oracle_cost = kept["oracle_runs"], kept["oracle_cost_seconds"]
+        else:
+            runs, oracle_cost = oracle(workload, sizes)
         reached = [r for r in runs if r["seconds_to_target"] is not None]
         best = min(reached, key=lambda r: r["seconds_to_target"])
         cap = advice.max_batch_size or workload.train_size

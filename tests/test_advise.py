@@ -199,6 +199,41 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]
 
 
+@pytest.mark.parametrize(
+    ("seed1_at_top", "expected_lr", "expected_tail"),
+    [(None, 0.2, [(0.2, 1, 160), (0.4, 1, 76)]), (70, 0.4, [(0.2, 1, 160), (0.4, 1, 76)])],
+)
+def test_a_confirmed_search_compares_rates_on_one_seed_and_checks_the_last_doubling_on_another(
+    monkeypatch: pytest.MonkeyPatch, seed1_at_top: int | None, expected_lr: float, expected_tail: list
+) -> None:
+    """With `confirm`, seed 0 alone takes the doublings (100, 80, 60 steps at 0.1, 0.2, 0.4, each
+    within 90% of the last); seed 1 then trains at 0.2 within the whole limit (85 steps) and at 0.4
+    within 90% of that (76 steps): diverging there backs the search off to 0.2, reaching in 70 keeps
+    0.4. The rate 0.1's runs, the longest, are not repeated on seed 1."""
+    import importlib
+
+    from batchlab.advise import tune_lr
+
+    record_module = importlib.import_module("batchlab._record")
+    tried: list[tuple[float, int, int]] = []
+    outcome = {(0.1, 0): 100, (0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85, (0.4, 1): seed1_at_top}
+
+    class Run:
+        def __init__(self, lr: float, steps: int | None) -> None:
+            self.lr, self.reached_target, self.steps_to_target = lr, steps is not None, steps
+            self.seconds_to_target, self.diverged = None if steps is None else 0.01 * steps, steps is None
+
+    def fake_train(workload, *, lr, max_steps, seed, **_):  # type: ignore[no-untyped-def]
+        tried.append((lr, seed, max_steps))
+        return Run(lr, outcome[(lr, seed)])
+
+    monkeypatch.setattr(record_module, "train", fake_train)
+    lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True)
+    assert lr == expected_lr
+    assert tried == [(0.1, 0, 160), (0.2, 0, 90), (0.4, 0, 72), *expected_tail]
+    assert all(m.steps_to_target is not None for m in checks if m.lr == lr)
+
+
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     """100 predicted steps of 10 ms: a tuning run may take 200 steps, or only the 80 that the
     reference's 0.8 s buys; never fewer than LR_CHECK_STEPS."""

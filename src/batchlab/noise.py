@@ -20,6 +20,7 @@ import torch
 
 from ._errors import bad
 from ._json import json_safe
+from ._step import _grad_list, _sq_norm
 from .train import train
 from .workload import Workload, load_workload
 
@@ -170,6 +171,7 @@ def noise_at_parameters(
     device: torch.device,
     max_examples: int | None = None,
     seed: int = 0,
+    rel_error: float | None = None,
 ) -> PassReading:
     """B_simple at the model's current parameters, from one shuffled pass over the training set.
 
@@ -177,10 +179,12 @@ def noise_at_parameters(
     gradients is the big batch (B_big = M * micro_batch, up to the whole set, where the
     finite-population correction makes |G|^2 nearly exact). tr(Sigma) then averages over M samples.
     No parameter changes. The standard error comes from the spread of the micro-batch samples.
+
+    With `rel_error`, the pass stops early, at a doubling of M from EARLY_STOP_MIN micro-batches, once
+    the standard error is within `rel_error` of B_simple and the big batch holds at least
+    EARLY_STOP_BIG_OVER_B_SIMPLE times B_simple examples (see there).
     """
     from ._data import DeviceData
-    from ._noise_estimator import inverse_batch, one_step
-    from ._step import _grad_list, _sq_norm
 
     n = workload.train_size
     count = (n if max_examples is None else min(n, max_examples)) // micro_batch
@@ -193,14 +197,37 @@ def noise_at_parameters(
         micro_batch, torch.Generator().manual_seed(seed)
     )
     model.train()
-    for _ in range(count):
+    check = EARLY_STOP_MIN
+    for done in range(1, count + 1):
         model.zero_grad(set_to_none=True)
         x, y = next(batches)
         workload.loss(model(x), y).backward()
         grads = _grad_list(params)
         small.append(float(_sq_norm(grads)))
         torch._foreach_add_(total, grads)
+        if rel_error is not None and done == check and done < count:
+            check *= 2
+            reading = _pass_reading(small, total, micro_batch, n)
+            big_enough = done * micro_batch >= EARLY_STOP_BIG_OVER_B_SIMPLE * reading.b_simple
+            if big_enough and reading.b_simple_stderr <= rel_error * abs(reading.b_simple):
+                break
     model.zero_grad(set_to_none=True)
+    return _pass_reading(small, total, micro_batch, n)
+
+
+# An early-stopped pass (`rel_error`) reads at least EARLY_STOP_MIN micro-batches, so that the spread
+# of their |G_small|^2 is itself measured, and a big batch of at least EARLY_STOP_BIG_OVER_B_SIMPLE
+# B_simple examples: |G_big|^2 = |G|^2 + tr(Sigma) / B_big is one sample, whose own noise the standard
+# error leaves out; at B_big >= 8 B_simple the noise term is at most an eighth of the signal.
+EARLY_STOP_MIN = 64
+EARLY_STOP_BIG_OVER_B_SIMPLE = 8
+
+
+def _pass_reading(small: list[float], total: list[torch.Tensor], micro_batch: int, n: int) -> PassReading:
+    """B_simple and its standard error from the micro-batches' |G_small|^2 and their summed gradient."""
+    from ._noise_estimator import inverse_batch, one_step
+
+    count = len(small)
     big_sq = float(_sq_norm([t / count for t in total]))
     small_sq = sum(small) / count
     b_big = count * micro_batch
