@@ -234,6 +234,32 @@ def test_a_confirmed_search_compares_rates_on_one_seed_and_checks_the_last_doubl
     assert all(m.steps_to_target is not None for m in checks if m.lr == lr)
 
 
+def test_after_a_halving_the_rate_that_diverged_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.4 diverges, 0.2 reaches the target: doubling 0.2 would train 0.4 again on the same seed, so
+    the search ends at 0.2, and only the second seed's check at 0.2 follows."""
+    import importlib
+
+    from batchlab.advise import tune_lr
+
+    record_module = importlib.import_module("batchlab._record")
+    tried: list[tuple[float, int]] = []
+
+    class Run:
+        def __init__(self, lr: float) -> None:
+            steps = None if lr == 0.4 else 100
+            self.lr, self.reached_target, self.steps_to_target = lr, steps is not None, steps
+            self.seconds_to_target, self.diverged = None if steps is None else 1.0, steps is None
+
+    def fake_train(workload, *, lr, seed, **_):  # type: ignore[no-untyped-def]
+        tried.append((lr, seed))
+        return Run(lr)
+
+    monkeypatch.setattr(record_module, "train", fake_train)
+    lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.4, 160, "cpu", confirm=True)
+    assert lr == 0.2
+    assert tried == [(0.4, 0), (0.2, 0), (0.2, 1)]
+
+
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     """100 predicted steps of 10 ms: a tuning run may take 200 steps, or only the 80 that the
     reference's 0.8 s buys; never fewer than LR_CHECK_STEPS."""

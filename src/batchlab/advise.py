@@ -583,7 +583,10 @@ def tune_lr(
             limitations.append(f"training diverged at batch {batch_size} even at lr {lr:.3g}")
         return lr, checks
     trained = [lr]  # the rates the search kept, in order
-    for _ in range(LR_DOUBLINGS):
+    # After a halving the doubled rate is the one that just diverged on the same seed, within at
+    # least the steps a doubling may take: trained again it can only lose, so it is not.
+    halved = any(m.diverged for m in checks)
+    for _ in range(0 if halved else LR_DOUBLINGS):
         # A doubling is kept only if it saves LR_DOUBLING_GAIN of the steps: a run still short of
         # the target by then can no longer win, so it stops there.
         can_win = limit if current.steps_to_target is None else int(LR_DOUBLING_GAIN * steps(current))
