@@ -99,11 +99,13 @@ def run_row(name: str, previous: dict[str, Any] | None = None) -> dict[str, Any]
     study_saved, study_counts = verdict(by["ramp"], constant)
     # Rows written before reference_examples was kept match on the constant batch's updates instead
     # (the same rate on the same seeds trains the same runs on the CPU).
-    reuse = previous is not None and previous["lr"] == lr
-    if reuse and previous is not None:
-        same = previous.get("reference_examples", examples) == examples
-        reuse = same and previous["constant_updates"] == constant["updates_to_target"]
-    candidates = previous["candidates"] if reuse and previous is not None else []
+    reuse = (
+        previous is not None
+        and previous["lr"] == lr
+        and previous.get("reference_examples", examples) == examples
+        and previous["constant_updates"] == constant["updates_to_target"]
+    )
+    candidates = previous["candidates"] if previous is not None and reuse else []
     for label, schedule in [] if reuse else oracle_ramps(b, examples, fractions):
         result = arm(workload, schedule, lr, epochs)
         saved, counts = verdict(result, constant)

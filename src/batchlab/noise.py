@@ -163,6 +163,14 @@ class PassReading(NamedTuple):
     micro_batches: int
 
 
+# An early-stopped pass (`rel_error`) reads at least EARLY_STOP_MIN micro-batches, so that the spread
+# of their |G_small|^2 is itself measured, and a big batch of at least EARLY_STOP_BIG_OVER_B_SIMPLE
+# B_simple examples: |G_big|^2 = |G|^2 + tr(Sigma) / B_big is one sample, whose own noise the standard
+# error leaves out; at B_big >= 8 B_simple the noise term is at most an eighth of the signal.
+EARLY_STOP_MIN = 64
+EARLY_STOP_BIG_OVER_B_SIMPLE = 8
+
+
 def noise_at_parameters(
     model: torch.nn.Module,
     workload: Workload,
@@ -213,14 +221,6 @@ def noise_at_parameters(
                 break
     model.zero_grad(set_to_none=True)
     return _pass_reading(small, total, micro_batch, n)
-
-
-# An early-stopped pass (`rel_error`) reads at least EARLY_STOP_MIN micro-batches, so that the spread
-# of their |G_small|^2 is itself measured, and a big batch of at least EARLY_STOP_BIG_OVER_B_SIMPLE
-# B_simple examples: |G_big|^2 = |G|^2 + tr(Sigma) / B_big is one sample, whose own noise the standard
-# error leaves out; at B_big >= 8 B_simple the noise term is at most an eighth of the signal.
-EARLY_STOP_MIN = 64
-EARLY_STOP_BIG_OVER_B_SIMPLE = 8
 
 
 def _pass_reading(small: list[float], total: list[torch.Tensor], micro_batch: int, n: int) -> PassReading:
