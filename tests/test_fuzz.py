@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import typer.main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,6 +97,11 @@ def _alarm(signum: int, frame: object) -> None:
 
 def run_case(args: list[str], where: Path) -> tuple[int, str]:
     DEBUG[0] = False
+    # The alarm can land inside torch's own `with torch.no_grad():` machinery, after the grad mode
+    # was switched off and before the block was entered, so that nothing switches it back: a
+    # process that a real signal interrupts exits, but these cases share one, so it is restored
+    # here (a fresh clone's `make test` failed 54 tests that ran after such a case).
+    grad_enabled = torch.is_grad_enabled()
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, ALARM_SECONDS)
     try:
@@ -105,6 +111,7 @@ def run_case(args: list[str], where: Path) -> tuple[int, str]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        torch.set_grad_enabled(grad_enabled)
     assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
     return result.exit_code, result.output
 
