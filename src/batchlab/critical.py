@@ -28,15 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _dist
 from ._checkpoint import load_checkpoint
 from ._device import resolve_device
 from ._errors import bad
-from ._record import recorded_train
+from ._record import recorded, recorded_train
 from .lr import LrRule, scale_lr
 from .noise import noise_at_parameters
 from .schedule import BatchSchedule
-from .store import Store, run_key
+from .store import Store
 from .train import DEFAULT_EPOCHS_UNTIL_TARGET, CurvePoint, TrainResult, fresh_model, train
 from .workload import Workload, check_batch_size, check_lr
 
@@ -729,20 +728,18 @@ def _noise_at_checkpoint(
         "max_examples": NOISE_EXAMPLES,
         "seed": seed,
     }
-    key = run_key("noise-at-checkpoint", config)
-    done = _dist.broadcast(None if store is None else store.finished(key))  # rank 0 holds the store
-    if done is not None:  # JSON keeps a non-finite reading as null: it comes back as nan
-        return {k: math.nan if v is None else float(v) for k, v in done.items()}
-    model = fresh_model(workload, seed, device)
-    model.load_state_dict(load_checkpoint(path, workload.name, device).state["model"])
-    reading = noise_at_parameters(
-        model, workload, micro_batch=b, device=device, max_examples=NOISE_EXAMPLES, seed=seed
-    )
-    result = {"b_simple": reading.b_simple, "b_simple_stderr": reading.b_simple_stderr}
-    if store is not None:
-        run_id = store.begin_run(key, kind="noise-at-checkpoint", workload=workload.name, config=config)
-        store.finish_run(run_id, result)
-    return result
+
+    def measure() -> dict[str, Any]:
+        model = fresh_model(workload, seed, device)
+        model.load_state_dict(load_checkpoint(path, workload.name, device).state["model"])
+        reading = noise_at_parameters(
+            model, workload, micro_batch=b, device=device, max_examples=NOISE_EXAMPLES, seed=seed
+        )
+        return {"b_simple": reading.b_simple, "b_simple_stderr": reading.b_simple_stderr}
+
+    result = recorded(store, workload, kind="noise-at-checkpoint", config=config, compute=measure)
+    # JSON keeps a non-finite reading as null: a reused one comes back as nan
+    return {k: math.nan if v is None else float(v) for k, v in result.items()}
 
 
 def seed_summary(

@@ -250,20 +250,18 @@ def noise_history(estimate: dict[str, Any]) -> bytes:
 def time_to_target(advice: dict[str, Any]) -> bytes:
     """Predicted seconds to target against batch size, the recommendation, and measured points."""
     with _figure() as (fig, (ax,)):
-        curve = [p for p in advice["predictions"] if p["seconds_to_target"] is not None]
-        ax.plot(
-            [p["batch_size"] for p in curve],
-            [p["seconds_to_target"] for p in curve],
-            "-",
-            color="tab:blue",
-            label="predicted",
-        )
-        past = [p for p in advice.get("predictions_past_cap") or [] if p["seconds_to_target"] is not None]
-        if past:  # where the curve goes past the cap: the batches that do not fit, or were not probed
-            joined = curve[-1:] + past
+
+        def timed(points: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+            kept = [p for p in points if p["seconds_to_target"] is not None]
+            return [p["batch_size"] for p in kept], [p["seconds_to_target"] for p in kept]
+
+        sizes, seconds = timed(advice["predictions"])
+        ax.plot(sizes, seconds, "-", color="tab:blue", label="predicted")
+        past_sizes, past_seconds = timed(advice.get("predictions_past_cap") or [])
+        if past_sizes:  # where the curve goes past the cap: the batches that do not fit, or were not probed
             ax.plot(
-                [p["batch_size"] for p in joined],
-                [p["seconds_to_target"] for p in joined],
+                sizes[-1:] + past_sizes,
+                seconds[-1:] + past_seconds,
                 "--",
                 color="tab:gray",
                 label="predicted, past the cap",
