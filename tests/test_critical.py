@@ -218,6 +218,9 @@ def test_the_reference_rate_is_tuned_up_where_the_workloads_rate_is_too_low(tmp_
     """SGD on linreg far below its stability limit (lr 0.02, Hessian ~ I): the excess loss decays as
     (1 - lr)^(2t), so the steps to the target scale as 1/lr and each doubling saves ~half of them,
     far past the 10% a doubling must save: the search takes both its doublings, 4x, on both seeds.
+    At 0.08 SGD's noise floor (~lr d / 2B = 0.02 of the 0.04 excess the target allows) adds ~4 of
+    ~40 steps and the loss wanders around the target by as much, so one seed's count moves by ~10%
+    plus the 1/16 resolution: the bound is on both seeds' steps together, 0.5 within 0.1 / +0.15.
     A given rate is used as it is; without tuning, the rule scales the workload's rate."""
     from batchlab.critical import reference_rate
 
@@ -229,7 +232,8 @@ def test_the_reference_rate_is_tuned_up_where_the_workloads_rate_is_too_low(tmp_
         assert lr == pytest.approx(4 * 0.02) and rate["source"] == "tuned"
         assert [c["lr"] for c in rate["checks"]] == pytest.approx([0.02, 0.02, 0.04, 0.04, 0.08, 0.08])
         steps = [c["steps_to_target"] for c in rate["checks"]]
-        assert all(0.4 <= b / a <= 0.6 for a, b in itertools.pairwise(steps[::2])), steps
+        both = [a + b for a, b in zip(steps[::2], steps[1::2], strict=True)]  # both seeds at a rate
+        assert all(0.4 <= b / a <= 0.65 for a, b in itertools.pairwise(both)), steps
         again = reference_rate(wl, 32, lr=None, tune=True, store=store, device=torch.device("cpu"), say=print)
         assert again == (lr, rate)  # reused from the store
     assert reference_rate(wl, 64, lr=None, tune=False, store=None, device=torch.device("cpu"), say=print)[

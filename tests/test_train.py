@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from batchlab import ConfigError, LrRule, load_workload, scale_lr, train
 from batchlab._data import DeviceData
 from batchlab._step import backward
 from batchlab.lr import warmup_factor
-from batchlab.train import DIVERGENCE_FACTOR, auto_eval, fresh_model
+from batchlab.train import DIVERGENCE_FACTOR, auto_check, auto_eval, evaluate, fresh_model
 
 
 def _grads(model: torch.nn.Module) -> torch.Tensor:
@@ -175,6 +176,59 @@ def test_auto_eval_resolution() -> None:
     gaps = [(b - a) / b for a, b in itertools.pairwise(steps) if b >= 16]
     assert max(gaps) <= 1 / 16
     assert len(steps) < 32 + 16 * math.log2(5000 / 32) + 2
+
+
+def test_a_run_to_the_target_scores_checks_then_the_kept_points_before_the_first_that_meets_it() -> None:
+    """linreg at lr 0.08: the evaluation loss dips below the target at step 34, is back above it at
+    the check at 40, and stays below from 42. The same run for its curve (every point scored, the
+    same trajectory step for step on the CPU) is the ground truth: the run to the target scores only
+    the checks up to the first that meets it, then the kept points since the check before, in order;
+    the first of them to meet it is the target point, with the same losses, and the run is left there
+    (its model and its noise reading are those at that step)."""
+    full = train(
+        "linreg", batch_size=32, lr=0.08, max_steps=64, track_noise=True, noise_every=1, device="cpu"
+    )
+    run = train(
+        "linreg",
+        batch_size=32,
+        lr=0.08,
+        until_target=True,
+        keep_model=True,
+        track_noise=True,
+        noise_every=1,
+        device="cpu",
+    )
+    target = load_workload("linreg").target
+    met = [p for p in full.curve if p.eval_loss is not None and target.reached(p.eval_loss)]
+    first_check = next(p for p in met if auto_check(p.step))
+    checks = [p.step for p in full.curve if auto_check(p.step) and 0 < p.step < first_check.step]
+    expected = next(p for p in met if p.step > checks[-1])
+    assert met[0].step < expected.step  # the dip between two checks that miss is not counted
+    assert run.steps_to_target == run.steps == expected.step
+    assert replace(run.curve[-1], seconds=0) == replace(expected, seconds=0)  # losses, noise and all
+    kept = [p.step for p in full.curve if checks[-1] < p.step <= expected.step]
+    assert [p.step for p in run.curve] == [0, *checks, *kept]
+    assert run.noise is not None and run.noise["updates"] == run.steps  # the reading there, too
+    assert run.noise["b_simple"] == run.curve[-1].b_simple
+    assert run.model is not None
+    eval_loss, _ = evaluate(
+        run.model,
+        load_workload("linreg"),
+        DeviceData(load_workload("linreg").eval_data, torch.device("cpu")),
+        batch_size=256,
+    )
+    assert eval_loss == pytest.approx(expected.eval_loss, rel=1e-6)
+
+
+def test_a_run_with_a_budget_scores_every_point_and_finds_the_first_dip() -> None:
+    """Without `until_target` the curve is the product: every automatic point is scored, and the
+    target point is the first that meets it."""
+    full = train("linreg", batch_size=32, lr=0.08, max_steps=64, device="cpu")
+    assert [p.step for p in full.curve] == [0, *(s for s in range(1, 65) if auto_eval(s))]
+    target = load_workload("linreg").target
+    assert full.steps_to_target == next(
+        p.step for p in full.curve if p.eval_loss is not None and target.reached(p.eval_loss)
+    )
 
 
 @pytest.mark.parametrize(
