@@ -199,65 +199,85 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]
 
 
-@pytest.mark.parametrize(
-    ("seed1_at_top", "expected_lr", "expected_tail"),
-    [(None, 0.2, [(0.2, 1, 160), (0.4, 1, 76)]), (70, 0.4, [(0.2, 1, 160), (0.4, 1, 76)])],
-)
-def test_a_confirmed_search_compares_rates_on_one_seed_and_checks_the_last_doubling_on_another(
-    monkeypatch: pytest.MonkeyPatch, seed1_at_top: int | None, expected_lr: float, expected_tail: list
-) -> None:
-    """With `confirm`, seed 0 alone takes the doublings (100, 80, 60 steps at 0.1, 0.2, 0.4, each
-    within 90% of the last); seed 1 then trains at 0.2 within the whole limit (85 steps) and at 0.4
-    within 90% of that (76 steps): diverging there backs the search off to 0.2, reaching in 70 keeps
-    0.4. The rate 0.1's runs, the longest, are not repeated on seed 1."""
+def _tuning_fake(monkeypatch: pytest.MonkeyPatch, outcome: dict[tuple[float, int], int | None]) -> list:
+    """Tuning runs that take `outcome[(lr, seed)]` steps to the target (None: diverged), or miss it
+    when that is past their step limit; returns the (lr, seed, limit) of each run, in order."""
     import importlib
 
-    from batchlab.advise import tune_lr
-
-    record_module = importlib.import_module("batchlab._record")
+    record_module = importlib.import_module("batchlab._record")  # where tuning runs are trained
     tried: list[tuple[float, int, int]] = []
-    outcome = {(0.1, 0): 100, (0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85, (0.4, 1): seed1_at_top}
 
     class Run:
-        def __init__(self, lr: float, steps: int | None) -> None:
-            self.lr, self.reached_target, self.steps_to_target = lr, steps is not None, steps
-            self.seconds_to_target, self.diverged = None if steps is None else 0.01 * steps, steps is None
+        def __init__(self, lr: float, steps: int | None, limit: int) -> None:
+            self.lr, self.diverged = lr, steps is None
+            self.steps_to_target = None if steps is None or steps > limit else steps
+            self.reached_target = self.steps_to_target is not None
+            self.seconds_to_target = None if self.steps_to_target is None else 0.01 * self.steps_to_target
 
     def fake_train(workload, *, lr, max_steps, seed, **_):  # type: ignore[no-untyped-def]
         tried.append((lr, seed, max_steps))
-        return Run(lr, outcome[(lr, seed)])
+        return Run(lr, outcome[(lr, seed)], max_steps)
 
     monkeypatch.setattr(record_module, "train", fake_train)
+    return tried
+
+
+@pytest.mark.parametrize(
+    ("seed1_at_top", "expected_lr", "expected_tail"),
+    [
+        (None, 0.2, [(0.4, 1, 160), (0.2, 1, 160)]),
+        (70, 0.4, [(0.4, 1, 160), (0.2, 1, 77)]),
+        (75, 0.2, [(0.4, 1, 160), (0.2, 1, 83)]),
+    ],
+)
+def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on_another_seed(
+    monkeypatch: pytest.MonkeyPatch, seed1_at_top: int | None, expected_lr: float, expected_tail: list
+) -> None:
+    """With `confirm`, seed 0 alone searches, from the middle of the range (rule rate 0.1 x 2): 80
+    steps at 0.2, then 0.4 within 90% of that (72), which it meets in 60. Seed 1 then trains at 0.4
+    within the whole limit, and at 0.2 only until the doubling has surely paid (fewer than 70 / 0.9,
+    so at most 77 steps): diverging at 0.4 backs the search off to 0.2; 0.4 in 70 keeps it, 0.2
+    taking 85; 0.4 in 75 (0.2 must beat 83.3) does not, 0.2 in 81 being within 10%. The rule rate
+    0.1, the slowest, is never trained."""
+    from batchlab.advise import tune_lr
+
+    outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 81, (0.4, 1): seed1_at_top}
+    tried = _tuning_fake(monkeypatch, outcome)
     lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True)
     assert lr == expected_lr
-    assert tried == [(0.1, 0, 160), (0.2, 0, 90), (0.4, 0, 72), *expected_tail]
+    assert tried == [(0.2, 0, 160), (0.4, 0, 72), *expected_tail]
     assert all(m.steps_to_target is not None for m in checks if m.lr == lr)
 
 
-def test_after_a_halving_the_rate_that_diverged_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """0.4 diverges, 0.2 reaches the target: doubling 0.2 would train 0.4 again on the same seed, so
-    the search ends at 0.2, and only the second seed's check at 0.2 follows."""
-    import importlib
-
+@pytest.mark.parametrize(("seed0_at_low", "expected_lr"), [(85, 0.1), (95, 0.2)])
+def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_pay(
+    monkeypatch: pytest.MonkeyPatch, seed0_at_low: int, expected_lr: float
+) -> None:
+    """0.2 takes 80 steps, 0.4 misses within 72: the search halves to 0.1, which takes over only if
+    it reaches the target in fewer than 80 / 0.9 steps (at most 88). In 85 it does, and seed 1
+    checks it alone; in 95 it does not, and seed 1 checks the doubling from it to 0.2."""
     from batchlab.advise import tune_lr
 
-    record_module = importlib.import_module("batchlab._record")
-    tried: list[tuple[float, int]] = []
+    outcome = {(0.2, 0): 80, (0.4, 0): 75, (0.1, 0): seed0_at_low, (0.1, 1): seed0_at_low, (0.2, 1): 80}
+    tried = _tuning_fake(monkeypatch, outcome)
+    lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True)
+    assert lr == expected_lr
+    if expected_lr == 0.1:
+        assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.1, 0, 88), (0.1, 1, 160)]
+    else:
+        assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.1, 0, 88), (0.2, 1, 160), (0.1, 1, 88)]
 
-    class Run:
-        def __init__(self, lr: float) -> None:
-            steps = None if lr == 0.4 else 100
-            self.lr, self.reached_target, self.steps_to_target = lr, steps is not None, steps
-            self.seconds_to_target, self.diverged = None if steps is None else 1.0, steps is None
 
-    def fake_train(workload, *, lr, seed, **_):  # type: ignore[no-untyped-def]
-        tried.append((lr, seed))
-        return Run(lr)
+def test_after_a_halving_the_rate_that_diverged_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search starts at 0.4 (rule rate 0.2 x 2), which diverges; 0.2 reaches the target:
+    doubling 0.2 would train 0.4 again on the same seed, and halving from a rate that was reached
+    by halving is no search, so it ends at 0.2, and only the second seed's check at 0.2 follows."""
+    from batchlab.advise import tune_lr
 
-    monkeypatch.setattr(record_module, "train", fake_train)
-    lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.4, 160, "cpu", confirm=True)
+    tried = _tuning_fake(monkeypatch, {(0.4, 0): None, (0.2, 0): 100, (0.2, 1): 100})
+    lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.2, 160, "cpu", confirm=True)
     assert lr == 0.2
-    assert tried == [(0.4, 0), (0.2, 0), (0.2, 1)]
+    assert [(r, seed) for r, seed, _ in tried] == [(0.4, 0), (0.2, 0), (0.2, 1)]
 
 
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:

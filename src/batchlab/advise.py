@@ -535,8 +535,10 @@ def tune_lr(
     Each rate is trained on TUNING_SEEDS seeds and the slower decides. With `confirm`, the search
     compares rates on the first seed alone (the same data order and initial weights at every rate,
     so the comparison is paired), and the other seeds check only its last doubling (`_confirm`):
-    the first rate's runs, the longest, are not repeated, and the rate recommended has still
-    reached the target, and saved its last 10%, on every seed."""
+    the rate recommended has still reached the target, and saved its last 10%, on every seed. It
+    also starts in the middle of the range, `lr` x 2^(LR_DOUBLINGS // 2), and halves from there only
+    when its first doubling did not pay: the slowest run of a search up from `lr`, the one at `lr`
+    itself, is trained only where it may be the answer, and then only until it can no longer be."""
     checks: list[Measured] = []
     limitations = [] if limitations is None else limitations
     say = say or (lambda text: None)
@@ -567,13 +569,12 @@ def tune_lr(
             if not run.reached_target:
                 break
         checks.extend(runs)
-        return max(runs, key=lambda m: (m.diverged, steps(m)))
+        return max(runs, key=lambda m: (m.diverged, _steps(m)))
 
-    def steps(m: Measured) -> float:
-        return math.inf if m.steps_to_target is None else m.steps_to_target
-
+    downs = LR_DOUBLINGS // 2 if confirm else 0
+    lr *= 2**downs
     current = attempt(lr, limit)
-    for _ in range(LR_CHECK_HALVINGS):
+    for _ in range(LR_CHECK_HALVINGS + downs):
         if current is None or not current.diverged:
             break
         lr /= 2
@@ -582,14 +583,41 @@ def tune_lr(
         if current is not None:
             limitations.append(f"training diverged at batch {batch_size} even at lr {lr:.3g}")
         return lr, checks
-    trained = [lr]  # the rates the search kept, in order
     # After a halving the doubled rate is the one that just diverged on the same seed, within at
     # least the steps a doubling may take: trained again it can only lose, so it is not.
     halved = any(m.diverged for m in checks)
-    for _ in range(0 if halved else LR_DOUBLINGS):
+    trained = [lr]  # the rates the search kept, rising: the last is the answer
+    if not halved:
+        trained, current = _climb(
+            trained, current, attempt, ups=LR_DOUBLINGS - downs, downs=downs, limit=limit
+        )
+    if not confirm or current.steps_to_target is None:
+        return trained[-1], checks
+    return _confirm(trained, attempt, limit, batch_size, limitations), checks
+
+
+def _steps(m: Measured) -> float:
+    return math.inf if m.steps_to_target is None else m.steps_to_target
+
+
+def _climb(
+    trained: list[float],
+    current: Measured,
+    attempt: Callable[[float, int], Measured | None],
+    *,
+    ups: int,
+    downs: int,
+    limit: int,
+) -> tuple[list[float], Measured]:
+    """From the rate that trained (`trained[-1]`, `current` its run): double up to `ups` times while
+    a doubling saves LR_DOUBLING_GAIN of the steps; when the first did not, halve up to `downs` times
+    while halving costs less than that. Each run stops where it can no longer win. Returns the rates
+    kept (rising; the rate below the answer's doubling first, where one paid) and the answer's run."""
+    lr = trained[-1]
+    for _ in range(ups):
         # A doubling is kept only if it saves LR_DOUBLING_GAIN of the steps: a run still short of
         # the target by then can no longer win, so it stops there.
-        can_win = limit if current.steps_to_target is None else int(LR_DOUBLING_GAIN * steps(current))
+        can_win = limit if current.steps_to_target is None else int(LR_DOUBLING_GAIN * _steps(current))
         if can_win < 1:
             break
         bigger = attempt(2 * lr, can_win)
@@ -599,14 +627,24 @@ def tune_lr(
             bigger is None
             or bigger.diverged
             or bigger.steps_to_target is None
-            or steps(bigger) > LR_DOUBLING_GAIN * steps(current)
+            or _steps(bigger) > LR_DOUBLING_GAIN * _steps(current)
         ):
             break
         lr, current = 2 * lr, bigger
         trained.append(lr)
-    if not confirm or current.steps_to_target is None:
-        return lr, checks
-    return _confirm(trained, attempt, limit, batch_size, limitations), checks
+    if len(trained) > 1 or current.steps_to_target is None:
+        return trained, current
+    for _ in range(downs):
+        # Half the rate takes over if it reaches the target in fewer than steps / LR_DOUBLING_GAIN:
+        # past that, the doubling from it to this rate paid.
+        smaller = attempt(lr / 2, math.ceil(_steps(current) / LR_DOUBLING_GAIN) - 1)
+        if smaller is None or smaller.diverged:
+            break
+        if smaller.steps_to_target is None:
+            trained.insert(0, lr / 2)
+            break
+        lr, current, trained = lr / 2, smaller, [lr / 2]
+    return trained, current
 
 
 def _confirm(
@@ -616,34 +654,33 @@ def _confirm(
     batch_size: int,
     limitations: list[str],
 ) -> float:
-    """The other seeds at the rates a one-seed search kept (`trained`, rising): the last doubling
-    must pay on them too, so they train at the rate below it (to the target within `limit`), then at
-    it within LR_DOUBLING_GAIN of their steps there; a seed that misses the rate below backs off a
-    doubling more. The rate returned has reached the target on every seed, and its last doubling
-    saved 10% of the steps on every seed."""
+    """The other seeds at the rates a one-seed search kept (`trained`, rising): the answer must
+    reach the target on them (within `limit`; a seed that misses backs off a doubling, and another),
+    and its last doubling must pay on them too, so they then train at the rate below it only until
+    it can no longer be slower by LR_DOUBLING_GAIN. The rate returned has reached the target on every
+    seed, and its last doubling saved 10% of the steps on every seed."""
     others = range(1, TUNING_SEEDS)
 
     def reached(m: Measured | None) -> bool:
         return m is not None and m.steps_to_target is not None and not m.diverged
 
-    j = max(0, len(trained) - 2)
-    base = attempt(trained[j], limit, others)
-    while base is not None and not reached(base) and j > 0:
+    j = len(trained) - 1
+    top = attempt(trained[j], limit, others)
+    while top is not None and not reached(top) and j > 0:
         j -= 1
-        base = attempt(trained[j], limit, others)
-    if base is None:  # the budget ran out: what the first seed found stands
+        top = attempt(trained[j], limit, others)
+    if top is None:  # the budget ran out: what the first seed found stands
         return trained[-1]
-    if not reached(base):
+    if not reached(top):
         limitations.append(
             f"at batch {batch_size} the rates tried reached the target on the first seed only, "
             f"not on all {TUNING_SEEDS} within {limit} steps"
         )
         return trained[0]
-    if j == len(trained) - 2 and base.steps_to_target is not None:
-        top = attempt(trained[-1], max(1, int(LR_DOUBLING_GAIN * base.steps_to_target)), others)
-        if reached(top):
-            return trained[-1]
-    return trained[j]
+    if j < len(trained) - 1 or j == 0:  # backed off, or no doubling to check
+        return trained[j]
+    below = attempt(trained[j - 1], math.ceil(_steps(top) / LR_DOUBLING_GAIN) - 1, others)
+    return trained[j - 1] if reached(below) else trained[j]
 
 
 def _rationale(
