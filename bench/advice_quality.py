@@ -5,7 +5,8 @@ over 5 multipliers (0.25x to 4x) of the rule that fits the optimizer (linear for
 for Adam-like ones), 2 seeds each; a rate counts only if both seeds reach the target, and the slower
 decides. The best time to target is the oracle's answer. Then the advice's point, the oracle's best
 point, batch 32 at the reference learning rate, and the largest batch that fits with the rule are
-re-timed side by side (median of 3 seeds), so that the ratios compare like with like. Goals
+re-timed side by side (`time_points`: the median of 3 to 15 seeds, interleaved), so that the ratios
+compare like with like and the oracle's best is not also the luckiest of its sweep. Goals
 (issue 13): advice within 1.10x of the oracle, at most a fifth of its cost (charlm: <= 60 s);
 measured speedup within 25% of predicted.
 
@@ -13,8 +14,8 @@ Beside the built-ins, bench/workloads.py: digits-tanh (plain SGD, a train_loss t
 tabular-adam (AdamW on 20,000 rows), digits-bn-accuracy (conv + batch norm, an accuracy target).
 `python bench/advice_quality.py NAME...` runs the named rows only (keys of ORACLE). `--advice-only`
 runs the advice and the side-by-side timing again and keeps the row's oracle sweep from
-bench/results/advice_quality.json where it ran with these seeds and multipliers (the sweep does not
-depend on the advice).
+bench/results/advice_quality.json where it ran with these seeds and multipliers and the same
+meaning of steps-to-target (CURVE_VERSION; the sweep does not depend on the advice).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from _common import RESULTS, write
 import batchlab
 from batchlab.advise import advise, is_adaptive
 from batchlab.throughput import ThroughputProfile
+from batchlab.train import CURVE_VERSION
 
 BENCH = Path(__file__).parent
 # name: (workload spec, oracle batch sizes)
@@ -45,7 +47,9 @@ ORACLE = {
 }
 MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 ORACLE_SEEDS = 2
-REPEATS = 3
+REPEATS = 3  # seeds per timed point, at least
+MAX_REPEATS = 15
+TIMING_SECONDS = 10.0  # ...more while the timed runs add up to less training than this
 GOAL_RATIO = 1.10
 
 
@@ -55,30 +59,33 @@ def rule_lr(workload: batchlab.Workload, batch_size: int) -> float:
     return workload.lr * (math.sqrt(ratio) if is_adaptive(workload) else ratio)
 
 
-def seconds_to_target(
+def time_points(
     workload: batchlab.Workload,
-    batch_size: int,
-    lr: float,
-    oracle_steps: int,
-    oracle_examples: int,
-    step_cap: int | None = None,
-) -> float | None:
-    """Median over seeds of training seconds to the target; None when the median run did not get
-    there within 3x the oracle best run's steps or 3x its examples, whichever allows more (a bigger
-    batch spends more examples and fewer steps by design; past both, it is slower than the oracle),
-    or within `step_cap` steps (the steps that 3x the oracle's time buys at this batch's step time:
-    charlm's largest batch takes ~9 s a step here)."""
-    times = []
-    max_steps = max(3 * oracle_steps, 3 * oracle_examples // batch_size)
-    if step_cap is not None:
-        max_steps = max(1, min(max_steps, step_cap))
-    for seed in range(REPEATS):
-        run = batchlab.train(
-            workload, batch_size=batch_size, lr=lr, until_target=True, seed=seed, max_steps=max_steps
-        )
-        times.append(run.seconds_to_target if run.reached_target else float("inf"))
-    median = statistics.median(times)
-    return None if median == float("inf") else median
+    points: dict[str, tuple[int, float]],
+    max_steps: dict[str, int],
+) -> dict[str, float | None]:
+    """Median over seeds of each point's training seconds to the target (None when the median run
+    missed it within `max_steps`), timed side by side: every point at seed 0, then every point at
+    seed 1, and so on, so that a slow spell of the machine lands on all of them alike. At least
+    REPEATS seeds, more (up to MAX_REPEATS) while the runs so far add up to less than
+    TIMING_SECONDS of training: a run of 20 ms is mostly timing noise and data-order luck, and the
+    median of 3 such runs moved digits-mlp's ratio by 0.3 between two runs of this bench. A point
+    named twice (the advice is the oracle's point) is timed once."""
+    distinct = sorted(set(points.values()))
+    times: dict[tuple[int, float], list[float]] = {p: [] for p in distinct}
+    spent = 0.0
+    seed = 0
+    while seed < REPEATS or (spent < TIMING_SECONDS and seed < MAX_REPEATS):
+        for b, lr in distinct:
+            cap = min(max_steps[label] for label, point in points.items() if point == (b, lr))
+            run = batchlab.train(
+                workload, batch_size=b, lr=lr, until_target=True, seed=seed, max_steps=max(1, cap)
+            )
+            spent += run.seconds
+            times[(b, lr)].append(math.inf if run.seconds_to_target is None else run.seconds_to_target)
+        seed += 1
+    medians = {p: statistics.median(t) for p, t in times.items()}
+    return {label: None if medians[p] == math.inf else medians[p] for label, p in points.items()}
 
 
 def oracle(workload: batchlab.Workload, sizes: list[int]) -> tuple[list[dict], float]:
@@ -110,9 +117,14 @@ def oracle(workload: batchlab.Workload, sizes: list[int]) -> tuple[list[dict], f
     return runs, time.perf_counter() - started
 
 
+def current(row: dict) -> bool:
+    return (row.get("oracle_seeds"), row.get("curve_version")) == (ORACLE_SEEDS, CURVE_VERSION)
+
+
 def write_table(figures: dict, rows_by_name: dict[str, str]) -> None:
     table = [
-        f"# advice quality (cpu, median of {REPEATS} seeds per point, {time.strftime('%Y-%m-%d')})",
+        f"# advice quality (cpu, median of {REPEATS}-{MAX_REPEATS} seeds per point, "
+        f"{time.strftime('%Y-%m-%d')})",
         "",
         "Each cell: batch @ lr: seconds to target (training time, evaluation excluded).",
         "",
@@ -120,14 +132,13 @@ def write_table(figures: dict, rows_by_name: dict[str, str]) -> None:
         f"| advice/oracle (goal <= {GOAL_RATIO:.2f}) | cost advice / oracle (goal <= 1/5) "
         "| speedup predicted / measured (goal within 25%) |",
         "|---|---|---|---|---|---|---|---|",
-        *(rows_by_name[n] for n in ORACLE if n in rows_by_name and "oracle_seeds" in figures[n]),
+        *(rows_by_name[n] for n in ORACLE if n in rows_by_name and current(figures[n])),
     ]
-    stale = [n for n in ORACLE if n in rows_by_name and "oracle_seeds" not in figures[n]]
+    stale = [n for n in ORACLE if n in rows_by_name and not current(figures[n])]
     if stale:
         table += [
             "",
-            "Not re-run against this oracle yet (an earlier oracle: multipliers 0.5, 1, 2 of the linear",
-            "rule, one seed; an earlier advice):",
+            "Not re-run since (an earlier oracle, an earlier meaning of steps-to-target, an earlier advice):",
             "",
             *(rows_by_name[n] for n in stale),
         ]
@@ -153,7 +164,12 @@ def main() -> None:
         # The cost that counts against the oracle is the advice itself; validation is an optional check.
         advice_only = advice_cost - advice.phase_seconds.get("validate", 0.0)
         kept = figures.get(name, {}) if advice_only_flag else {}
-        if (kept.get("oracle_seeds"), kept.get("oracle_multipliers")) == (ORACLE_SEEDS, list(MULTIPLIERS)):
+        oracle_settings = (ORACLE_SEEDS, list(MULTIPLIERS), CURVE_VERSION)
+        if (
+            kept.get("oracle_seeds"),
+            kept.get("oracle_multipliers"),
+            kept.get("curve_version"),
+        ) == oracle_settings:
             runs, oracle_cost = kept["oracle_runs"], kept["oracle_cost_seconds"]
         else:
             runs, oracle_cost = oracle(workload, sizes)
@@ -168,17 +184,18 @@ def main() -> None:
             "batch 32, reference lr": (32, workload.lr),
             "largest that fits, the rule": (cap, rule_lr(workload, cap)),
         }
-        oracle_steps, oracle_examples = best["steps_to_target"], best["steps_to_target"] * best["batch_size"]
         profile = ThroughputProfile.from_dict(advice.throughput) if advice.throughput else None
 
-        def step_cap(b: int, profile=profile, best=best) -> int | None:  # type: ignore[no-untyped-def]
+        def max_steps(b: int, profile=profile, best=best) -> int:  # type: ignore[no-untyped-def]
+            """3x the oracle best run's steps or 3x its examples, whichever allows more (a bigger batch
+            spends more examples and fewer steps by design; past both, it is slower than the oracle),
+            and at most the steps that 3x the oracle's time buys at this batch's step time (charlm's
+            largest batch takes ~9 s a step here)."""
+            steps = max(3 * best["steps_to_target"], 3 * best["steps_to_target"] * best["batch_size"] // b)
             seconds = profile.step_seconds(b) if profile is not None else None
-            return None if not seconds else math.ceil(3 * best["seconds_to_target"] / seconds)
+            return steps if not seconds else min(steps, math.ceil(3 * best["seconds_to_target"] / seconds))
 
-        timed = {
-            label: seconds_to_target(workload, b, lr, oracle_steps, oracle_examples, step_cap(b))
-            for label, (b, lr) in points.items()
-        }
+        timed = time_points(workload, points, {label: max_steps(b) for label, (b, _) in points.items()})
         ratio = None if timed["advice"] is None or not timed["oracle"] else timed["advice"] / timed["oracle"]
         figures[name] = {
             "advice": advice.to_dict() | {"memory": None, "throughput": None, "noise": None},
@@ -194,6 +211,7 @@ def main() -> None:
             "phase_seconds": advice.phase_seconds,
             "oracle_seeds": ORACLE_SEEDS,
             "oracle_multipliers": list(MULTIPLIERS),
+            "curve_version": CURVE_VERSION,  # what steps-to-target meant when the oracle ran
             "predicted_speedup": advice.predicted_speedup,
             "measured_speedup": advice.measured_speedup,
         }
