@@ -215,8 +215,8 @@ def _tuning_fake(monkeypatch: pytest.MonkeyPatch, outcome: dict[tuple[float, int
             self.seconds_to_target = None if self.steps_to_target is None else 0.01 * self.steps_to_target
 
     def fake_train(workload, *, lr, max_steps, seed, **_):  # type: ignore[no-untyped-def]
-        tried.append((lr, seed, max_steps))
-        return Run(lr, outcome[(lr, seed)], max_steps)
+        tried.append((round(lr, 4), seed, max_steps))
+        return Run(lr, outcome[(round(lr, 4), seed)], max_steps)
 
     monkeypatch.setattr(record_module, "train", fake_train)
     return tried
@@ -268,16 +268,29 @@ def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_p
         assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.1, 0, 88), (0.2, 1, 160), (0.1, 1, 88)]
 
 
-def test_after_a_halving_the_rate_that_diverged_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The search starts at 0.4 (rule rate 0.2 x 2), which diverges; 0.2 reaches the target:
-    doubling 0.2 would train 0.4 again on the same seed, and halving from a rate that was reached
-    by halving is no search, so it ends at 0.2, and only the second seed's check at 0.2 follows."""
+@pytest.mark.parametrize(
+    ("between", "expected_lr", "expected_tail"),
+    [
+        (None, 0.2, [(0.2, 1, 160)]),
+        (95, 0.2, [(0.2, 1, 160)]),
+        (80, 0.2828, [(0.2828, 1, 160), (0.2, 1, 88)]),
+    ],
+)
+def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diverged(
+    monkeypatch: pytest.MonkeyPatch, between: int | None, expected_lr: float, expected_tail: list
+) -> None:
+    """The search starts at 0.4 (rule rate 0.2 x 2), which diverges; 0.2 reaches the target in 100
+    steps. Doubling 0.2 would train 0.4 again on the same seed (it can only lose), so it is not; the
+    stability edge lies between, and 0.2 x sqrt 2 is tried within 90 steps: diverging there, or
+    missing (95), leaves 0.2, which seed 1 then checks alone; 80 keeps it, and seed 1 trains it, then
+    0.2 only until the step up has surely paid (fewer than 80 / 0.9, at most 88 steps)."""
     from batchlab.advise import tune_lr
 
-    tried = _tuning_fake(monkeypatch, {(0.4, 0): None, (0.2, 0): 100, (0.2, 1): 100})
+    outcome = {(0.4, 0): None, (0.2, 0): 100, (0.2828, 0): between, (0.2, 1): 100, (0.2828, 1): 80}
+    tried = _tuning_fake(monkeypatch, outcome)
     lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.2, 160, "cpu", confirm=True)
-    assert lr == 0.2
-    assert [(r, seed) for r, seed, _ in tried] == [(0.4, 0), (0.2, 0), (0.2, 1)]
+    assert lr == pytest.approx(expected_lr, abs=1e-4)
+    assert tried == [(0.4, 0, 160), (0.2, 0, 160), (0.2828, 0, 90), *expected_tail]
 
 
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:

@@ -534,8 +534,9 @@ def tune_lr(
 
     Each rate is trained on TUNING_SEEDS seeds and the slower decides. With `confirm`, the search
     compares rates on the first seed alone (the same data order and initial weights at every rate,
-    so the comparison is paired), and the other seeds check only its last doubling (`_confirm`):
-    the rate recommended has still reached the target, and saved its last 10%, on every seed. It
+    so the comparison is paired), and the other seeds check only its last step up (`_confirm`):
+    the rate recommended has still reached the target, and saved its last 10%, on every seed. Where
+    twice the answer diverged, the rate halfway between (x sqrt 2) is tried too. It
     also starts in the middle of the range, `lr` x 2^(LR_DOUBLINGS // 2), and halves from there only
     when its first doubling did not pay: the slowest run of a search up from `lr`, the one at `lr`
     itself, is trained only where it may be the answer, and then only until it can no longer be."""
@@ -593,6 +594,13 @@ def tune_lr(
         )
     if not confirm or current.steps_to_target is None:
         return trained[-1], checks
+    lr = trained[-1]
+    if any(m.diverged and math.isclose(m.lr, 2 * lr) for m in checks):
+        # Twice the answer diverged: the stability edge, where SGD's best rate usually sits, lies
+        # between. The rate halfway (x sqrt 2) is kept if it saves LR_DOUBLING_GAIN of the steps.
+        between = attempt(lr * math.sqrt(2), int(LR_DOUBLING_GAIN * _steps(current)))
+        if between is not None and not between.diverged and between.steps_to_target is not None:
+            trained.append(lr * math.sqrt(2))
     return _confirm(trained, attempt, limit, batch_size, limitations), checks
 
 
@@ -655,10 +663,10 @@ def _confirm(
     limitations: list[str],
 ) -> float:
     """The other seeds at the rates a one-seed search kept (`trained`, rising): the answer must
-    reach the target on them (within `limit`; a seed that misses backs off a doubling, and another),
-    and its last doubling must pay on them too, so they then train at the rate below it only until
+    reach the target on them (within `limit`; a seed that misses backs off a step, and another),
+    and its last step up must pay on them too, so they then train at the rate below it only until
     it can no longer be slower by LR_DOUBLING_GAIN. The rate returned has reached the target on every
-    seed, and its last doubling saved 10% of the steps on every seed."""
+    seed, and its last step up saved 10% of the steps on every seed."""
     others = range(1, TUNING_SEEDS)
 
     def reached(m: Measured | None) -> bool:
