@@ -293,6 +293,58 @@ def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diver
     assert tried == [(0.4, 0, 160), (0.2, 0, 160), (0.2828, 0, 90), *expected_tail]
 
 
+def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reference run (lr 0.1, seed 0, 100 steps) is not trained again. Doubling it must reach
+    the target within 90 steps (it takes 95: no); then halving goes on while the lower rate reaches
+    it in fewer than steps / 0.9: 0.05 in 85 (< 111.1), 0.025 in 80 (< 94.4), as far as two
+    halvings go; seed 1 confirms 0.025 within the whole limit."""
+    from batchlab.advise import Measured, tune_lr
+
+    reference = Measured(
+        batch_size=64, lr=0.1, reached_target=True, steps_to_target=100, seconds_to_target=1.0, diverged=False
+    )
+    outcome = {(0.2, 0): 95, (0.05, 0): 85, (0.025, 0): 80, (0.025, 1): 82}
+    tried = _tuning_fake(monkeypatch, outcome)
+    lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True, first=reference)
+    assert lr == 0.025
+    assert tried == [(0.2, 0, 90), (0.05, 0, 111), (0.025, 0, 94), (0.025, 1, 160)]
+    assert checks[0] is reference
+
+
+def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the reference run (0.05, 100 steps): 0.1 misses within 90, 0.025 takes over (85),
+    0.0125 misses within 94. Each run may take twice the reference's steps (200). Seed 1 diverges
+    at 0.025 and misses at 0.0125: no rate but the reference's has reached the target on both
+    seeds, so the advice keeps the reference rate, and says why."""
+    from batchlab.advise import Measured, Prediction, _Budget, _tune_reference_rate
+
+    reference = Measured(
+        batch_size=32,
+        lr=0.05,
+        reached_target=True,
+        steps_to_target=100,
+        seconds_to_target=1.0,
+        diverged=False,
+    )
+    workload = load_workload("digits-mlp")  # reference point: batch 32 at lr 0.05
+    outcome = {(0.1, 0): 95, (0.025, 0): 85, (0.0125, 0): 100, (0.025, 1): None, (0.0125, 1): 300}
+    tried = _tuning_fake(monkeypatch, outcome)
+    best = Prediction(batch_size=32, lr=0.05, steps_to_target=100, step_seconds=0.01, seconds_to_target=1.0)
+    limitations: list[str] = []
+    lr, checks = _tune_reference_rate(workload, best, reference, "cpu", _Budget(None), limitations, print)
+    assert lr == 0.05
+    assert tried == [(0.1, 0, 90), (0.025, 0, 111), (0.0125, 0, 94), (0.025, 1, 200), (0.0125, 1, 200)]
+    assert [m.lr for m in checks] == [0.1, 0.025, 0.0125, 0.025, 0.0125]
+    assert limitations[-1] == (
+        "at batch 32 no rate but the reference's reached the target on every seed: "
+        "the reference rate 0.05 is kept"
+    )
+
+
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     """100 predicted steps of 10 ms: a tuning run may take 200 steps, or only the 80 that the
     reference's 0.8 s buys; never fewer than LR_CHECK_STEPS."""
