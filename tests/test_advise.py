@@ -363,3 +363,17 @@ def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     assert _tuning_steps(best, None) == 200
     assert _tuning_steps(best, at(32, 400, 0.002)) == 80
     assert _tuning_steps(best, at(32, 10, 0.001)) == LR_CHECK_STEPS
+
+
+@pytest.mark.parametrize(
+    ("rule", "lr", "words"),
+    [
+        ("sqrt", 0.02, "sqrt rule"),
+        ("none", 0.05, "the reference rate"),
+        ("none", 0.0125, "the reference rate, tuned"),
+    ],
+)
+def test_the_advice_says_where_its_rate_came_from(rule: str, lr: float, words: str) -> None:
+    from batchlab.lr import rate_source
+
+    assert rate_source({"lr_rule": rule, "lr": lr, "reference": {"lr": 0.05}}) == words

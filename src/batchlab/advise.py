@@ -806,17 +806,26 @@ def _rationale(
         lines.append(
             f"That is {speedup:.2f}x faster than the reference batch {workload.batch_size} (predicted)."
         )
-    lines.append(
-        "Learning rate: "
-        + (
-            "the noise-aware rule lr_ref (1 + B_noise/B_ref) / (1 + B_noise/B) for SGD."
-            if rule is LrRule.NOISE
-            else "the square-root rule for an adaptive optimizer."
-        )
-    )
-    if tuned != 1.0:
+    if rule is LrRule.NONE:  # the advice stays at the reference batch
+        lines.append("Learning rate: the reference rate, searched from the reference run.")
+    else:
         lines.append(
-            f"Trained to the target at batch {best.batch_size}, {tuned:g}x the rule's rate was faster: "
+            "Learning rate: "
+            + (
+                "the noise-aware rule lr_ref (1 + B_noise/B_ref) / (1 + B_noise/B) for SGD."
+                if rule is LrRule.NOISE
+                else "the square-root rule for an adaptive optimizer."
+            )
+        )
+    what = "the reference rate" if rule is LrRule.NONE else "the rule's rate"
+    if tuned > 1.0:
+        lines.append(
+            f"Trained to the target at batch {best.batch_size}, {tuned:g}x {what} was faster: "
             "the reference rate was not the best one at the reference batch."
+        )
+    elif tuned < 1.0:
+        lines.append(
+            f"Trained to the target at batch {best.batch_size}, {tuned:g}x {what}: no higher rate saved "
+            "10% of its steps (a higher rate is kept only where it does)."
         )
     return lines

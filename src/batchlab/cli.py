@@ -29,7 +29,7 @@ from ._precision import Precision
 from ._units import format_number
 from .emit import Emit, trainer_settings
 from .emit import render as render_settings
-from .lr import LrRule
+from .lr import LrRule, rate_source
 from .schedule import BatchSchedule, ScheduleMode
 from .store import Store
 from .study import StudyName
@@ -925,7 +925,7 @@ def advice_table(data: dict[str, Any]) -> Table:
     table.add_column("advice", justify="right", style="bold green")
     table.add_column("reference", justify="right")
     table.add_row("batch size", str(data["batch_size"]), str(ref["batch_size"]))
-    table.add_row("learning rate", f"{fmt(data['lr'], 3)} ({data['lr_rule']})", fmt(ref["lr"], 3))
+    table.add_row("learning rate", f"{fmt(data['lr'], 3)} ({rate_source(data)})", fmt(ref["lr"], 3))
     table.add_row(
         "seconds to target",
         f"{fmt(data['predicted_seconds_to_target'], 3)} (predicted)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Any
 
 from ._errors import bad
 
@@ -19,6 +20,15 @@ class LrRule(str, Enum):
     LINEAR = "linear"
     SQRT = "sqrt"
     NOISE = "noise"
+
+
+def rate_source(advice: dict[str, Any]) -> str:
+    """Where an advice's learning rate came from, in words: its rule, or (rule "none", the advice
+    at the reference batch) the reference rate, kept or tuned."""
+    if advice["lr_rule"] != LrRule.NONE.value:
+        return f"{advice['lr_rule']} rule"
+    same = math.isclose(advice["lr"], advice["reference"]["lr"])
+    return "the reference rate" if same else "the reference rate, tuned"
 
 
 def as_rule(rule: str | LrRule) -> LrRule:

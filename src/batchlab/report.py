@@ -10,6 +10,7 @@ from typing import Any
 
 from . import plots
 from ._units import format_number
+from .lr import rate_source
 from .store import Store
 
 STYLE = """
@@ -76,7 +77,7 @@ def advice_section(advice: dict[str, Any], sweep: dict[str, Any] | None) -> list
     ref = advice["reference"]
     parts = [
         f'<p class="answer">Use batch size <b>{num(advice["batch_size"])}</b> with learning rate '
-        f"<b>{num(advice['lr'], 3)}</b> ({esc(advice['lr_rule'])} rule). Predicted time to target "
+        f"<b>{num(advice['lr'], 3)}</b> ({esc(rate_source(advice))}). Predicted time to target "
         f"{num(advice['predicted_seconds_to_target'], 3)} s, "
         f"{num(advice['predicted_speedup'], 3)}x the reference "
         f"(batch {num(ref['batch_size'])}, lr {num(ref['lr'], 3)}).</p>"
