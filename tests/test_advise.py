@@ -174,7 +174,8 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rate 0.1 reaches the target in 100 steps on both seeds; the doubled rate must save 10% to be
-    kept, so it is trained for at most 90 steps, and missing there ends the search at 0.1."""
+    kept, so it is trained for at most 90 steps (88, the last evaluation point of an uncapped run
+    before that), and missing there ends the search at 0.1."""
     import importlib
 
     from batchlab.advise import tune_lr
@@ -195,7 +196,7 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
     workload = load_workload("digits-mlp")
     lr, checks = tune_lr(workload, 64, 0.1, 160, "cpu")
     assert lr == 0.1
-    assert limits == {0.1: [160, 160], 0.2: [90]}
+    assert limits == {0.1: [160, 160], 0.2: [88]}  # 90, down to the evaluation grid
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]
 
 
@@ -226,8 +227,8 @@ def _tuning_fake(monkeypatch: pytest.MonkeyPatch, outcome: dict[tuple[float, int
     ("seed1_at_top", "expected_lr", "expected_tail"),
     [
         (None, 0.2, [(0.4, 1, 160), (0.2, 1, 160)]),
-        (70, 0.4, [(0.4, 1, 160), (0.2, 1, 77)]),
-        (75, 0.2, [(0.4, 1, 160), (0.2, 1, 83)]),
+        (70, 0.4, [(0.4, 1, 160), (0.2, 1, 76)]),
+        (75, 0.2, [(0.4, 1, 160), (0.2, 1, 80)]),
     ],
 )
 def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on_another_seed(
@@ -236,12 +237,12 @@ def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on
     """With `confirm`, seed 0 alone searches, from the middle of the range (rule rate 0.1 x 2): 80
     steps at 0.2, then 0.4 within 90% of that (72), which it meets in 60. Seed 1 then trains at 0.4
     within the whole limit, and at 0.2 only until the doubling has surely paid (fewer than 70 / 0.9,
-    so at most 77 steps): diverging at 0.4 backs the search off to 0.2; 0.4 in 70 keeps it, 0.2
-    taking 85; 0.4 in 75 (0.2 must beat 83.3) does not, 0.2 in 81 being within 10%. The rule rate
-    0.1, the slowest, is never trained."""
+    so at most 76 steps, on the evaluation grid): diverging at 0.4 backs the search off to 0.2;
+    0.4 in 70 keeps it, 0.2 taking 85; 0.4 in 75 (0.2 must beat 83.3) does not, 0.2 in 80 being
+    within 10%. The rule rate 0.1, the slowest, is never trained."""
     from batchlab.advise import tune_lr
 
-    outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 81, (0.4, 1): seed1_at_top}
+    outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 80, (0.4, 1): seed1_at_top}
     tried = _tuning_fake(monkeypatch, outcome)
     lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True)
     assert lr == expected_lr
@@ -281,16 +282,17 @@ def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diver
 ) -> None:
     """The search starts at 0.4 (rule rate 0.2 x 2), which diverges; 0.2 reaches the target in 100
     steps. Doubling 0.2 would train 0.4 again on the same seed (it can only lose), so it is not; the
-    stability edge lies between, and 0.2 x sqrt 2 is tried within 90 steps: diverging there, or
-    missing (95), leaves 0.2, which seed 1 then checks alone; 80 keeps it, and seed 1 trains it, then
-    0.2 only until the step up has surely paid (fewer than 80 / 0.9, at most 88 steps)."""
+    stability edge lies between, and 0.2 x sqrt 2 is tried within 90 steps (88 on the evaluation
+    grid): diverging there, or missing (95), leaves 0.2, which seed 1 then checks alone; 80 keeps
+    it, and seed 1 trains it, then 0.2 only until the step up has surely paid (fewer than 80 / 0.9,
+    at most 88 steps)."""
     from batchlab.advise import tune_lr
 
     outcome = {(0.4, 0): None, (0.2, 0): 100, (0.2828, 0): between, (0.2, 1): 100, (0.2828, 1): 80}
     tried = _tuning_fake(monkeypatch, outcome)
     lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.2, 160, "cpu", confirm=True)
     assert lr == pytest.approx(expected_lr, abs=1e-4)
-    assert tried == [(0.4, 0, 160), (0.2, 0, 160), (0.2828, 0, 90), *expected_tail]
+    assert tried == [(0.4, 0, 160), (0.2, 0, 160), (0.2828, 0, 88), *expected_tail]
 
 
 def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
@@ -299,7 +301,8 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
     """The reference run (lr 0.1, seed 0, 100 steps) is not trained again. Doubling it must reach
     the target within 90 steps (it takes 95: no); then halving goes on while the lower rate reaches
     it in fewer than steps / 0.9: 0.05 in 85 (< 111.1), 0.025 in 80 (< 94.4), as far as two
-    halvings go; seed 1 confirms 0.025 within the whole limit."""
+    halvings go (each cap on the evaluation grid: 88, 108, 92); seed 1 confirms 0.025 within the
+    whole limit."""
     from batchlab.advise import Measured, tune_lr
 
     reference = Measured(
@@ -309,17 +312,17 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
     tried = _tuning_fake(monkeypatch, outcome)
     lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True, first=reference)
     assert lr == 0.025
-    assert tried == [(0.2, 0, 90), (0.05, 0, 111), (0.025, 0, 94), (0.025, 1, 160)]
+    assert tried == [(0.2, 0, 88), (0.05, 0, 108), (0.025, 0, 92), (0.025, 1, 160)]
     assert checks[0] is reference
 
 
 def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """From the reference run (0.05, 100 steps): 0.1 misses within 90, 0.025 takes over (85),
-    0.0125 misses within 94. Each run may take twice the reference's steps (200). Seed 1 diverges
-    at 0.025 and misses at 0.0125: no rate but the reference's has reached the target on both
-    seeds, so the advice keeps the reference rate, and says why."""
+    """From the reference run (0.05, 100 steps): 0.1 misses within 90, 0.025 takes over (85), 0.0125 misses
+    within 94 (caps on the evaluation grid: 88, 108, 92). Each run may take twice the reference's steps
+    (200). Seed 1 diverges at 0.025 and misses at 0.0125: no rate but the reference's has reached the
+    target on both seeds, so the advice keeps the reference rate, and says why."""
     from batchlab.advise import Measured, Prediction, _Budget, _tune_reference_rate
 
     reference = Measured(
@@ -337,7 +340,7 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
     limitations: list[str] = []
     lr, checks = _tune_reference_rate(workload, best, reference, "cpu", _Budget(None), limitations, print)
     assert lr == 0.05
-    assert tried == [(0.1, 0, 90), (0.025, 0, 111), (0.0125, 0, 94), (0.025, 1, 200), (0.0125, 1, 200)]
+    assert tried == [(0.1, 0, 88), (0.025, 0, 108), (0.0125, 0, 92), (0.025, 1, 200), (0.0125, 1, 200)]
     assert [m.lr for m in checks] == [0.1, 0.025, 0.0125, 0.025, 0.0125]
     assert limitations[-1] == (
         "at batch 32 no rate but the reference's reached the target on every seed: "

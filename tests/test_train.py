@@ -15,7 +15,7 @@ from batchlab import ConfigError, LrRule, load_workload, scale_lr, train
 from batchlab._data import DeviceData
 from batchlab._step import backward
 from batchlab.lr import warmup_factor
-from batchlab.train import DIVERGENCE_FACTOR, auto_check, auto_eval, evaluate, fresh_model
+from batchlab.train import DIVERGENCE_FACTOR, auto_check, auto_eval, evaluate, fresh_model, last_eval_at
 
 
 def _grads(model: torch.nn.Module) -> torch.Tensor:
@@ -167,6 +167,16 @@ def test_reaches_target_and_reports_where() -> None:
     assert result.steps_to_target == hit.step == result.steps
     assert result.examples_to_target == 32 * hit.step
     assert all(p.eval_loss is not None and p.eval_loss > 0.15 for p in result.curve[:-1])
+
+
+def test_a_capped_run_ends_on_the_evaluation_grid() -> None:
+    """`last_eval_at(n)` is the last automatic evaluation point at or before n: a tuning run capped
+    there is scored exactly where an uncapped run would be (746 -> 736, the points there being 32
+    apart), so a cap is never an extra evaluation that lets the capped run count earlier."""
+    points = [s for s in range(1, 5001) if auto_eval(s)]
+    for n in range(5001):
+        assert last_eval_at(n) == max((s for s in points if s <= n), default=0)
+    assert last_eval_at(746) == 736
 
 
 def test_auto_eval_resolution() -> None:

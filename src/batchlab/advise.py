@@ -39,7 +39,7 @@ from .memory import MemoryProfile, probe_memory
 from .noise import noise_at_parameters
 from .store import Store
 from .throughput import ThroughputProfile, profile_throughput
-from .train import TrainResult, train
+from .train import TrainResult, last_eval_at, train
 from .workload import Workload, load_workload
 
 LR_CHECK_STEPS = 50  # the least a tuning run may take
@@ -660,7 +660,8 @@ def tune_lr(
     if any(m.diverged and math.isclose(m.lr, 2 * lr) for m in checks):
         # Twice the answer diverged: the stability edge, where SGD's best rate usually sits, lies
         # between. The rate halfway (x sqrt 2) is kept if it saves LR_DOUBLING_GAIN of the steps.
-        between = attempt(lr * math.sqrt(2), int(LR_DOUBLING_GAIN * _steps(current)))
+        cap = _at_most(LR_DOUBLING_GAIN * _steps(current))
+        between = attempt(lr * math.sqrt(2), cap) if cap >= 1 else None
         if between is not None and not between.diverged and between.steps_to_target is not None:
             trained.append(lr * math.sqrt(2))
     return _confirm(trained, attempt, limit, batch_size, limitations), checks
@@ -668,6 +669,17 @@ def tune_lr(
 
 def _steps(m: Measured) -> float:
     return math.inf if m.steps_to_target is None else m.steps_to_target
+
+
+def _at_most(steps: float) -> int:
+    """The step limit of a run that must reach the target in at most `steps`, on the evaluation grid
+    that an uncapped run is scored on (`last_eval_at`), so the cap itself is no extra evaluation."""
+    return last_eval_at(math.floor(steps))
+
+
+def _fewer_than(steps: float) -> int:
+    """The step limit of a run that must reach the target in fewer than `steps` (on the grid)."""
+    return last_eval_at(math.ceil(steps) - 1)
 
 
 def _climb(
@@ -687,7 +699,7 @@ def _climb(
     for _ in range(ups):
         # A doubling is kept only if it saves LR_DOUBLING_GAIN of the steps: a run still short of
         # the target by then can no longer win, so it stops there.
-        can_win = limit if current.steps_to_target is None else int(LR_DOUBLING_GAIN * _steps(current))
+        can_win = limit if current.steps_to_target is None else _at_most(LR_DOUBLING_GAIN * _steps(current))
         if can_win < 1:
             break
         bigger = attempt(2 * lr, can_win)
@@ -707,7 +719,8 @@ def _climb(
     for _ in range(downs):
         # Half the rate takes over if it reaches the target in fewer than steps / LR_DOUBLING_GAIN:
         # past that, the doubling from it to this rate paid.
-        smaller = attempt(lr / 2, math.ceil(_steps(current) / LR_DOUBLING_GAIN) - 1)
+        cap = _fewer_than(_steps(current) / LR_DOUBLING_GAIN)
+        smaller = attempt(lr / 2, cap) if cap >= 1 else None
         if smaller is None or smaller.diverged:
             break
         if smaller.steps_to_target is None:
@@ -749,7 +762,8 @@ def _confirm(
         return trained[0]
     if j < len(trained) - 1 or j == 0:  # backed off, or no doubling to check
         return trained[j]
-    below = attempt(trained[j - 1], math.ceil(_steps(top) / LR_DOUBLING_GAIN) - 1, others)
+    cap = _fewer_than(_steps(top) / LR_DOUBLING_GAIN)
+    below = attempt(trained[j - 1], cap, others) if cap >= 1 else None
     return trained[j - 1] if reached(below) else trained[j]
 
 

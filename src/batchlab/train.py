@@ -214,6 +214,15 @@ def auto_eval(step: int, resolution: int = EVAL_RESOLUTION) -> bool:
     return step % interval == 0
 
 
+def last_eval_at(steps: int) -> int:
+    """The last automatic evaluation point at or before `steps` (0 if none). A run capped there ends
+    where an uncapped one is scored, so their steps-to-target compare on the same grid: capped at 746
+    a run scored at step 746 "beat" 672 / 0.9 = 746.7 where uncapped it counts at 768 (charlm)."""
+    while steps > 0 and not auto_eval(steps):
+        steps -= 1
+    return max(steps, 0)
+
+
 def auto_check(step: int) -> bool:
     """Where the automatic schedule scores the data (a subset of `auto_eval`'s points)."""
     return auto_eval(step, CHECK_RESOLUTION)
