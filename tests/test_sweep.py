@@ -155,3 +155,16 @@ def test_cli_sweep_acceptance(tmp_path: Path) -> None:
     # Flattening: 8 -> 32 cuts steps by more than 2x; 128 -> 512 by less than 2x.
     assert steps[0] / steps[1] > 2 > steps[2] / steps[3]
     assert (tmp_path / "sweep_steps.png").stat().st_size > 1000
+
+
+def test_the_steps_plot_of_a_sweep_where_nothing_reached_the_target_says_so_without_a_warning() -> None:
+    """A legend with nothing in it is a matplotlib warning (the fuzzed sweeps hit it); the plot says
+    in words that no run got there, and is still a PNG."""
+    import warnings
+
+    from batchlab import plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = plots.steps_to_target([{"batch_size": 8, "steps_to_target": None}], {"ok": False})
+    assert png.startswith(b"\x89PNG")

@@ -127,7 +127,10 @@ def steps_to_target(best: list[dict[str, Any]], fit: dict[str, Any]) -> bytes:
         ax.set_xlabel("batch size")
         ax.set_ylabel("steps to target")
         ax.set_title("steps to target")
-        ax.legend(fontsize=7)
+        if reached:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no run reached the target", ha="center", va="center", transform=ax.transAxes)
         return _png(fig)
 
 
