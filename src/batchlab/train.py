@@ -218,9 +218,12 @@ def last_eval_at(steps: int) -> int:
     """The last automatic evaluation point at or before `steps` (0 if none). A run capped there ends
     where an uncapped one is scored, so their steps-to-target compare on the same grid: capped at 746
     a run scored at step 746 "beat" 672 / 0.9 = 746.7 where uncapped it counts at 768 (charlm)."""
-    while steps > 0 and not auto_eval(steps):
-        steps -= 1
-    return max(steps, 0)
+    if steps < 1:
+        return 0
+    # Every point from 16 x interval on is a multiple of its interval, and the interval at `steps`
+    # holds back to the multiple below it (itself >= 16 x interval).
+    interval = 1 << max(0, int(math.log2(steps / EVAL_RESOLUTION)))
+    return steps - steps % interval
 
 
 def auto_check(step: int) -> bool:
@@ -640,8 +643,8 @@ class _Loop:
     def _keep(self, batch_loss: float) -> _Kept:
         """This point's weights, on the host (a GPU's memory was probed without them), to score later."""
         weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        noise = self.monitor.reading() if self.monitor is not None else None
-        return _Kept(self._unscored(batch_loss), weights, noise)
+        reading = self.monitor.reading() if self.monitor is not None else None
+        return _Kept(self._unscored(batch_loss, reading), weights, reading)
 
     def _earliest_reaching(self, kept: list[_Kept], check: CurvePoint) -> list[CurvePoint]:
         """Score the kept points in order up to the first that meets the target, which `check` does.
@@ -662,11 +665,11 @@ class _Loop:
         return [*scored, check]
 
     def _point(self, batch_loss: float | None) -> CurvePoint:
-        return self._scored(self._unscored(batch_loss))
-
-    def _unscored(self, batch_loss: float | None) -> CurvePoint:
-        """Where training stands now, before the data is scored (losses None)."""
         reading = self.monitor.reading() if self.monitor is not None else None
+        return self._scored(self._unscored(batch_loss, reading))
+
+    def _unscored(self, batch_loss: float | None, reading: NoiseReading | None) -> CurvePoint:
+        """Where training stands now (the noise `reading` so far), before the data is scored."""
         return CurvePoint(
             step=self.step,
             examples=self.examples,
