@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import batchlab
 from batchlab import load_workload
 from batchlab.advise import candidate_sizes, lr_for, predict
 from batchlab.report import render_report
@@ -47,8 +48,15 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     tuned = [c for c in data["lr_checks"] if c["lr"] == data["lr"] and c["steps_to_target"] is not None]
     if tuned:
         assert data["predicted_steps_to_target"] == max(c["steps_to_target"] for c in tuned)
+    # Every batch the prediction considered ran in the throughput profile, so memory was not probed:
+    # the cap is the largest batch that ran there, a lower bound, and the report says why.
+    ran = max(p["batch_size"] for p in data["throughput"]["points"] if p["step_seconds"] is not None)
+    assert data["memory"]["trials"] == [] and data["max_batch_size_is_lower_bound"]
+    assert data["max_batch_size"] == ran and data["memory_probed_to"] == best["batch_size"] <= ran
     page = (tmp_path / "report.html").read_text()
-    assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', page)) >= 4
+    assert f"Memory was not probed: the throughput profile ran whole training steps up to batch {ran}" in page
+    plots = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', page)
+    assert {"predicted time to target", "samples per second", "B_simple over training"} <= set(plots)
     assert (tmp_path / "advice.json").is_file() and (tmp_path / "results.db").is_file()
 
 
@@ -380,3 +388,15 @@ def test_the_advice_says_where_its_rate_came_from(rule: str, lr: float, words: s
     from batchlab.lr import rate_source
 
     assert rate_source({"lr_rule": rule, "lr": lr, "reference": {"lr": 0.05}}) == words
+
+
+def test_with_a_memory_limit_the_advice_probes_up_to_what_it_could_choose() -> None:
+    """A limit below the device's is not something the throughput profile has shown: the probe runs
+    in its child processes, bounded by the largest batch the prediction could choose (linreg's
+    best is far below its 8,192 examples, and 1 GiB holds all of them)."""
+    advice = batchlab.advise("linreg", memory_limit=2**30)
+    assert advice.memory["trials"] and advice.memory_probed_to is not None
+    unbounded = min(advice.predictions, key=lambda p: p.seconds_to_target)
+    assert advice.memory_probed_to == unbounded.batch_size < 8192
+    assert max(t["batch_size"] for t in advice.memory["trials"]) == advice.memory_probed_to
+    assert advice.max_batch_size == advice.memory_probed_to and advice.max_batch_size_is_lower_bound

@@ -197,7 +197,16 @@ def test_advise_under_two_ranks_advises_a_global_batch(tmp_path: Path) -> None:
     assert all(p["batch_size"] % 2 == 0 for p in data["predictions"])
     per_device = data["memory"]["max_batch_size"]
     assert data["max_batch_size"] == min(2 * per_device, 1438) // 2 * 2
-    assert all(m["steps_to_target"] is not None for m in data["lr_checks"] if m["lr"] == data["lr"])
+    # Reached on some seed (a run on another seed may have stopped where it could no longer win);
+    # the reference point's own run reached it where the advice kept the reference point.
+    at_rate = [
+        m for m in data["lr_checks"] if m["batch_size"] == data["batch_size"] and m["lr"] == data["lr"]
+    ]
+    reference = data["reference"]
+    kept = (data["batch_size"], data["lr"]) == (reference["batch_size"], reference["lr"])
+    assert any(m["steps_to_target"] is not None for m in at_rate) or (
+        kept and reference["steps_to_target"] is not None
+    )
     assert (tmp_path / "report.html").is_file() and (tmp_path / "advice.json").is_file()
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
+from batchlab import Target, Workload
 from batchlab.throughput import (
     ThroughputPoint,
     ThroughputProfile,
@@ -87,3 +92,48 @@ def test_cli_throughput_json() -> None:
     assert [p["batch_size"] for p in data["points"]] == [8, 32, 128]
     assert all(p["step_seconds"] > 0 and p["samples_per_second"] > 0 for p in data["points"])
     assert data["knee_batch_size"] in (8, 32, 128)
+
+
+class _SlowSpell(torch.nn.Module):
+    """Every forward sleeps 2 ms, except calls SPELL (a slow spell of the machine): 6 ms."""
+
+    calls = 0
+    SPELL = range(4, 13)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _SlowSpell.calls += 1
+        time.sleep(0.006 if _SlowSpell.calls in self.SPELL else 0.002)
+        return self.linear(x)
+
+
+def test_a_slow_spell_is_outvoted_by_the_interleaved_repeats() -> None:
+    """With 1 warm-up step and blocks of 2 steps, timing each batch size's three blocks one after the
+    other takes 7 consecutive forward calls per size, so a 9-call spell (calls 4-12) would own at
+    least two blocks, the median, of one size (3x its step time). Interleaved (one block per size on
+    the way up, then rounds), the spell covers 16's and 32's first blocks and 8's second: at most one
+    block of each, so every median is a 2 ms step. Bounds: 2 ms asleep plus a tiny linear layer, and
+    a spell-owned median would read >= 6 ms."""
+    _SlowSpell.calls = 0
+    workload = Workload(
+        name="slow-spell",
+        model=_SlowSpell,
+        train_data=TensorDataset(torch.randn(256, 8), torch.zeros(256, dtype=torch.long)),
+        eval_data=TensorDataset(torch.randn(16, 8), torch.zeros(16, dtype=torch.long)),
+        loss=F.cross_entropy,
+        optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr),
+        batch_size=8,
+        lr=0.1,
+        target=Target(metric="eval_loss", value=0.1),
+    )
+    profile = profile_throughput(
+        workload, batch_sizes=[8, 16, 32], warmup_steps=1, steps=2, repeats=3, stop_after_knee=False
+    )
+    assert _SlowSpell.calls == 3 * (1 + 2) + 2 * 3 * (1 + 2)  # the climb, then two rounds of 1 + 2
+    medians = [p.step_seconds for p in profile.points]
+    assert all(m is not None and m < 0.004 for m in medians), medians
+    spells = [p.step_seconds_max for p in profile.points]
+    assert sum(s is not None and s > 0.0055 for s in spells) == 3, spells  # each size saw the spell once

@@ -35,7 +35,7 @@ from ._errors import bad
 from ._json import json_safe
 from ._record import recorded_train
 from .lr import LrRule, scale_lr
-from .memory import MemoryProfile, probe_memory
+from .memory import MemoryProfile, default_limit_bytes, probe_memory
 from .noise import noise_at_parameters
 from .store import Store
 from .throughput import ThroughputProfile, profile_throughput
@@ -250,7 +250,7 @@ def advise(
         predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=upper)
 
     memory, cap, probe_to, probed_no_further = _memory_cap(
-        workload, predictions, full_memory, device, memory_limit, world, say, limitations
+        workload, predictions, throughput, full_memory, device, memory_limit, say, limitations
     )
     # The reference is what the user runs today: its prediction stays the baseline whatever the cap.
     reference_prediction = next((p for p in predictions if p.batch_size == workload.batch_size), None)
@@ -333,19 +333,30 @@ def advise(
 def _memory_cap(
     workload: Workload,
     predictions: list[Prediction],
+    throughput: ThroughputProfile,
     full_memory: bool,
     device: str | torch.device,
     memory_limit: int | None,
-    world: int,
     say: Progress,
     limitations: list[str],
 ) -> tuple[MemoryProfile, int, int | None, bool]:
     """The memory probe, bounded by the prediction: the profile, the cap on the (global) batch, how
-    far it probed (None: to the edge), and whether the cap is only a lower bound (probed no further)."""
+    far it probed (None: to the edge), and whether the cap is only a lower bound (probed no further).
+
+    The prediction only considers batches that the throughput profile ran, whole training steps on
+    this device: where no `memory_limit` lower than the device's is asked for, those batches are
+    known to fit, and the probe (a process of its own, a few seconds even on a tiny model) would
+    only say so again. Then memory is not probed, and the cap is the largest batch the profile ran
+    (a lower bound)."""
+    world = _dist.world_size()
     # The largest batch the prediction could choose is its best without a memory cap: a cap above
     # it changes nothing, a cap below it is found exactly by a search bounded there.
     unbounded = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
     probe_to = None if full_memory else (unbounded.batch_size if unbounded else workload.batch_size)
+    ran = max((p.batch_size for p in throughput.points if p.step_seconds is not None), default=0)
+    if probe_to is not None and memory_limit is None and probe_to <= ran:
+        say(f"memory: not probed; the throughput profile ran whole training steps up to batch {ran}")
+        return _ran_in_profile(workload, throughput, ran, probe_to), ran, probe_to, True
     say(
         "memory: the largest batch that fits"
         + ("" if probe_to is None else f", up to {probe_to} (the largest the prediction could choose)")
@@ -365,6 +376,34 @@ def _memory_cap(
         )
     probed_no_further = probe_to is not None and memory.max_batch_size is not None and cap >= probe_to
     return memory, cap, probe_to, probed_no_further
+
+
+def _ran_in_profile(
+    workload: Workload, throughput: ThroughputProfile, ran: int, probe_to: int
+) -> MemoryProfile:
+    """What memory is known without a probe: batch `ran` (global) ran in the throughput profile."""
+    world = _dist.world_size()
+    device = torch.device(throughput.device)
+    return MemoryProfile(
+        workload=workload.name,
+        device=throughput.device,
+        max_batch_size=ran // world,
+        limit_bytes=default_limit_bytes(device),
+        reserve_bytes=0,
+        fixed_bytes=None,
+        per_sample_bytes=None,
+        capped_by_dataset=ran >= workload.train_size // world * world,
+        granularity=1,
+        include_eval=False,
+        trials=(),
+        seconds=0.0,
+        world_size=world,
+        is_lower_bound=True,
+        stopped_because=(
+            f"not probed: the throughput profile ran whole training steps up to batch {ran}, and the "
+            f"prediction could choose at most {probe_to}; --full-memory or --memory-limit probes"
+        ),
+    )
 
 
 def _choose(
@@ -790,7 +829,13 @@ def _rationale(
         f"{b_noise:.0f}: below it, "
         "doubling the batch nearly halves the steps; above it, a bigger batch buys little per step.",
     ]
-    if probed_no_further:
+    if probed_no_further and not memory.trials and memory.max_batch_size is not None:
+        lines.append(
+            f"Batch {memory.max_batch_size * memory.world_size} fits: it ran in the throughput profile. "
+            "Memory was not probed, since no larger batch is predicted to reach the target sooner "
+            "(--full-memory finds the edge)."
+        )
+    elif probed_no_further:
         lines.append(
             f"Batch {memory.max_batch_size} fits; memory was probed no further, since no larger batch "
             "is predicted to reach the target sooner (--full-memory finds the edge)."

@@ -160,7 +160,12 @@ def measurement_sections(
     memory: dict[str, Any] | None, throughput: dict[str, Any] | None, noise: dict[str, Any] | None
 ) -> list[str]:
     parts = []
-    if memory:
+    if memory and not memory["trials"] and memory.get("stopped_because"):  # the advice did not probe
+        parts += [
+            f"<h2>Memory on {esc(memory['device'])}</h2>",
+            f'<p class="note">Memory was {esc(memory["stopped_because"])}.</p>',
+        ]
+    elif memory:
         parts += [
             f"<h2>Memory on {esc(memory['device'])}</h2>",
             figure(plots.memory(memory), "memory against batch size"),

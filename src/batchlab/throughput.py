@@ -3,21 +3,24 @@
 A step is the whole training step: fetching the batch, forward, backward, optimizer step. Warm-up
 steps are run and discarded (allocator, kernel selection, lazy imports); then `repeats` blocks of
 steps are timed, the device synchronized before each clock read, and the median block kept.
-Timing follows nanoGPT's bench.py: warm up, synchronize, then measure.
+Timing follows nanoGPT's bench.py: warm up, synchronize, then measure. The first block of every
+batch size is timed on the way up (it decides where the curve stops); the other blocks are timed in
+rounds over all of them, so that the ratios between batch sizes, which the advice uses, are not the
+ratios between two moments of a shared machine.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from . import _dist
-from ._data import DeviceData
+from ._data import Batch, DeviceData
 from ._device import clock, resolve_device
 from ._errors import bad
 from ._json import json_safe
@@ -129,55 +132,144 @@ def _stopped_paying(points: list[ThroughputPoint], gain: float) -> bool:
     )
 
 
-def _time_batch(
-    workload: Workload,
-    data: DeviceData,
-    device: torch.device,
-    batch_size: int,
-    *,
-    warmup_steps: int,
-    steps: int | None,
-    repeats: int,
-    precision: Precision = Precision.FP32,
-    checkpoint: bool = False,
-    accumulation: int = 1,
-    data_parallel: bool = False,
-) -> ThroughputPoint:
-    """Time whole steps at `batch_size`. With `data_parallel` (under torchrun), the batch is global:
-    each rank steps on its shard through DDP, and rank 0's timings are everyone's."""
-    world = _dist.world_size() if data_parallel else 1
-    model = fresh_model(workload, 0, device, checkpoint=checkpoint)
-    net: torch.nn.Module = model
-    no_sync = None
-    if world > 1:
-        ddp = _dist.data_parallel(model, device)
-        net, no_sync = ddp, ddp.no_sync
-    optimizer = workload.optimizer(model.parameters(), workload.lr)
-    batches = data.shuffled(
-        batch_size, torch.Generator().manual_seed(0), shard=(_dist.rank() if world > 1 else 0, world)
-    )
-    amp = None if precision is Precision.FP32 else Amp(precision, device)
+class _Stepper:
+    """Whole training steps at any batch size, on one model and optimizer: a step's cost does not
+    depend on which batch trained the weights, and one model (not one per batch size) keeps the
+    device's memory for the batch. Each batch size draws from its own shuffled stream."""
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        backward(net, workload.loss, next(batches), micro_batches=accumulation, amp=amp, no_sync=no_sync)
-        optimizer_step(optimizer, amp)
+    def __init__(
+        self,
+        workload: Workload,
+        data: DeviceData,
+        device: torch.device,
+        *,
+        precision: Precision,
+        checkpoint: bool,
+        accumulation: int,
+        data_parallel: bool,
+    ) -> None:
+        self.world = _dist.world_size() if data_parallel else 1
+        self.device, self.data, self.loss, self.accumulation = device, data, workload.loss, accumulation
+        model = fresh_model(workload, 0, device, checkpoint=checkpoint)
+        self.net: torch.nn.Module = model
+        self.no_sync = None
+        if self.world > 1:
+            ddp = _dist.data_parallel(model, device)
+            self.net, self.no_sync = ddp, ddp.no_sync
+        self.optimizer = workload.optimizer(model.parameters(), workload.lr)
+        self.amp = None if precision is Precision.FP32 else Amp(precision, device)
+        self.streams: dict[int, Iterator[Batch]] = {}
 
-    start = clock(device)
-    for _ in range(warmup_steps):
-        step()
-    warm = (clock(device) - start) / max(warmup_steps, 1)
-    per_block = steps or max(2, min(200, math.ceil(MIN_BLOCK_SECONDS / max(warm, 1e-6))))
-    if world > 1:
-        per_block = _dist.broadcast(per_block)  # every rank must run the same number of steps
-    blocks = []
-    for _ in range(repeats):
-        start = clock(device)
-        for _ in range(per_block):
-            step()
-        blocks.append((clock(device) - start) / per_block)
-    if world > 1:
-        blocks = _dist.broadcast(blocks)
+    def step(self, batch_size: int) -> None:
+        if batch_size not in self.streams:
+            shard = (_dist.rank() if self.world > 1 else 0, self.world)
+            self.streams[batch_size] = self.data.shuffled(
+                batch_size, torch.Generator().manual_seed(0), shard=shard
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        backward(
+            self.net,
+            self.loss,
+            next(self.streams[batch_size]),
+            micro_batches=self.accumulation,
+            amp=self.amp,
+            no_sync=self.no_sync,
+        )
+        optimizer_step(self.optimizer, self.amp)
+
+    def seconds_per_step(self, batch_size: int, steps: int) -> float:
+        """Mean seconds of `steps` steps, the device synchronized at both ends; rank 0's under torchrun."""
+        start = clock(self.device)
+        for _ in range(steps):
+            self.step(batch_size)
+        seconds = (clock(self.device) - start) / max(steps, 1)
+        return float(_dist.broadcast(seconds)) if self.world > 1 else seconds
+
+    def block_steps(self, batch_size: int, warmup_steps: int, steps: int | None) -> int:
+        """Run the warm-up steps (allocator, kernel selection, lazy imports) and size a timed block
+        from them: at least MIN_BLOCK_SECONDS long, so that the clock's grain is noise."""
+        warm = self.seconds_per_step(batch_size, warmup_steps) if warmup_steps else 0.0
+        per_block = steps or max(2, min(200, math.ceil(MIN_BLOCK_SECONDS / max(warm, 1e-6))))
+        return int(_dist.broadcast(per_block)) if self.world > 1 else per_block
+
+
+class _Curve:
+    """The timed blocks of a profile: one per batch size on the way up, the rest in rounds."""
+
+    def __init__(
+        self, stepper: _Stepper, alone: _Stepper | None, *, warmup_steps: int, steps: int | None, repeats: int
+    ) -> None:
+        self.stepper, self.alone = stepper, alone
+        self.warmup_steps, self.steps, self.repeats = warmup_steps, steps, repeats
+        self.blocks: dict[int, list[float]] = {}  # batch size -> seconds per step of each timed block
+        self.per_block: dict[int, int] = {}
+        self.single: dict[
+            int, float
+        ] = {}  # under torchrun: one rank alone, samples/s at the per-device batch
+
+    def climb(
+        self,
+        sizes: list[int],
+        *,
+        stop: float | None,
+        progress: Callable[[int, int], None] | None,
+        catch_oom: bool,
+    ) -> int | None:
+        """One timed block per batch size, up to where two doublings in a row each gained less than
+        `stop` (None: every size) or memory ended; returns the batch that ran out of memory, if any.
+        Only an out-of-memory error ends the curve, and only with `catch_oom` (under torchrun, one
+        rank's failure cannot end the others' curve); others propagate."""
+        points: list[ThroughputPoint] = []
+        for i, b in enumerate(sizes):
+            try:
+                self.per_block[b] = self.stepper.block_steps(b, self.warmup_steps, self.steps)
+                self.blocks[b] = [self.stepper.seconds_per_step(b, self.per_block[b])]
+                if self.alone is not None:
+                    self.single[b] = self._alone(b // self.stepper.world)
+            except Exception as error:
+                if not catch_oom or not is_out_of_memory(error):
+                    raise
+                self.blocks.pop(b, None)
+                return b
+            points.append(_point(b, self.blocks[b], self.per_block[b]))
+            if progress:
+                progress(i + 1, len(sizes))
+            if stop is not None and _stopped_paying(points, stop):
+                break
+        return None
+
+    def _alone(self, batch_size: int) -> float:
+        """The one-rank baseline at the per-device batch, timed on every rank at once (each on its
+        own device): rank 0's samples/s."""
+        assert self.alone is not None
+        n = self.alone.block_steps(batch_size, self.warmup_steps, self.steps)
+        seconds = statistics.median(self.alone.seconds_per_step(batch_size, n) for _ in range(self.repeats))
+        return float(_dist.broadcast(batch_size / seconds))
+
+    def rounds(self) -> None:
+        """The other repeats, interleaved: every batch size once per round, so that a slow spell of
+        the machine lands on all of them alike instead of on one stretch of the curve (two profiles
+        of digits-mlp, a minute apart, once put batch 32 at 0.53 ms and at 0.74 ms a step)."""
+        for _ in range(self.repeats - 1):
+            for b in self.blocks:
+                self.stepper.step(b)  # back at this shape: one untimed step
+                self.blocks[b].append(self.stepper.seconds_per_step(b, self.per_block[b]))
+
+    def points(self, world: int) -> list[ThroughputPoint]:
+        points = [_point(b, self.blocks[b], self.per_block[b]) for b in self.blocks]
+        if not self.single:
+            return points
+        return [
+            replace(
+                p,
+                single_rank_samples_per_second=self.single[p.batch_size],
+                scaling_efficiency=(p.samples_per_second or 0) / (world * self.single[p.batch_size]),
+            )
+            for p in points
+        ]
+
+
+def _point(batch_size: int, blocks: list[float], per_block: int) -> ThroughputPoint:
     median = statistics.median(blocks)
     return ThroughputPoint(
         batch_size=batch_size,
@@ -186,6 +278,18 @@ def _time_batch(
         step_seconds_max=max(blocks),
         samples_per_second=batch_size / median,
         steps_per_repeat=per_block,
+    )
+
+
+def _did_not_fit(batch_size: int) -> ThroughputPoint:
+    return ThroughputPoint(
+        batch_size=batch_size,
+        step_seconds=None,
+        step_seconds_min=None,
+        step_seconds_max=None,
+        samples_per_second=None,
+        steps_per_repeat=0,
+        fits=False,
     )
 
 
@@ -242,50 +346,34 @@ def profile_throughput(
         raise bad("repeats", repeats, "an integer >= 1 (and warmup_steps >= 0)")
     amp = as_precision(precision, dev)
     data = DeviceData(workload.train_data, dev)
-    points: list[ThroughputPoint] = []
-    for i, b in enumerate(sizes):
-        timing = dict(
-            warmup_steps=warmup_steps,
-            steps=steps,
-            repeats=repeats,
+
+    def stepper(data_parallel: bool) -> _Stepper:
+        return _Stepper(
+            workload,
+            data,
+            dev,
             precision=amp,
             checkpoint=checkpoint,
             accumulation=accumulation,
+            data_parallel=data_parallel,
         )
-        try:
-            point = _time_batch(workload, data, dev, b, data_parallel=True, **timing)  # type: ignore[arg-type]
-            if world > 1:
-                # The one-rank baseline at the per-device batch, timed on every rank at once (each on
-                # its own device), reported from rank 0.
-                alone = _time_batch(workload, data, dev, b // world, **timing)  # type: ignore[arg-type]
-                single = _dist.broadcast(alone.samples_per_second)
-                point = replace(
-                    point,
-                    single_rank_samples_per_second=single,
-                    scaling_efficiency=(point.samples_per_second or 0) / (world * single) if single else None,
-                )
-            points.append(point)
-        except Exception as error:  # only an out-of-memory error ends the curve; others propagate
-            if world > 1 or not is_out_of_memory(error):  # one rank's OOM cannot end the others' curve
-                raise
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            points.append(
-                ThroughputPoint(
-                    batch_size=b,
-                    step_seconds=None,
-                    step_seconds_min=None,
-                    step_seconds_max=None,
-                    samples_per_second=None,
-                    steps_per_repeat=0,
-                    fits=False,
-                )
-            )
-            break
-        if progress:
-            progress(i + 1, len(sizes))
-        if stop_after_knee and _stopped_paying(points, knee_gain):
-            break
+
+    curve = _Curve(
+        stepper(data_parallel=True),
+        stepper(data_parallel=False) if world > 1 else None,
+        warmup_steps=warmup_steps,
+        steps=steps,
+        repeats=repeats,
+    )
+    out_of_memory = curve.climb(
+        sizes, stop=knee_gain if stop_after_knee else None, progress=progress, catch_oom=world == 1
+    )
+    if out_of_memory is not None and dev.type == "cuda":
+        torch.cuda.empty_cache()
+    curve.rounds()
+    points = curve.points(world)
+    if out_of_memory is not None:
+        points.append(_did_not_fit(out_of_memory))
     return ThroughputProfile(
         workload=workload.name,
         device=str(dev),
