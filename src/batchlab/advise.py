@@ -279,7 +279,9 @@ def advise(
         )
 
     budget.enter(None)
-    predicted_steps, predicted_seconds, speedup = _predicted(best, lr_checks, chosen_lr, reference_prediction)
+    predicted_steps, predicted_seconds, speedup = _predicted(
+        best, lr_checks, chosen_lr, reference_prediction, workload
+    )
     return Advice(
         workload=workload.name,
         device=memory.device,
@@ -471,11 +473,12 @@ def _tune_reference_rate(
     reference's steps; a rate that did not reach the target on every seed is not advice."""
     if reference_run.steps_to_target is None:
         return workload.lr, []
+    limit = _tuning_steps(best, None)
     lr, checks = tune_lr(
         workload,
         workload.batch_size,
         workload.lr,
-        _tuning_steps(best, None),
+        limit,
         device,
         budget=budget,
         limitations=limitations,
@@ -490,6 +493,24 @@ def _tune_reference_rate(
             f"the reference rate {workload.lr:.3g} is kept"
         )
         lr = workload.lr
+    if lr != workload.lr and not any(
+        math.isclose(m.lr, workload.lr) and m.steps_to_target is not None for m in checks[1:]
+    ):
+        # The speedup is then the rates' alone, and one seed's data order can move a run by half its
+        # steps: the reference rate on the other seed too, so that both points have two.
+        say(f"check: batch {workload.batch_size} at the reference rate {workload.lr:.3g}, seed 1")
+        run, _ = recorded_train(
+            None,
+            workload,
+            kind="tuning",
+            batch_size=workload.batch_size,
+            lr=workload.lr,
+            until_target=True,
+            max_steps=limit,
+            device=device,
+            seed=1,
+        )
+        checks.append(_measured(run, workload.batch_size))
     # The reference run is reported as the reference; where the search kept its rate, so is the
     # other seed's run there (the prediction stays the reference's own: speedup 1).
     return lr, [m for m in checks[1:] if not (lr == workload.lr and math.isclose(m.lr, lr))]
@@ -519,18 +540,42 @@ def _validate(
 
 
 def _predicted(
-    best: Prediction | None, lr_checks: list[Measured], lr: float, reference: Prediction | None
+    best: Prediction | None,
+    lr_checks: list[Measured],
+    lr: float,
+    reference: Prediction | None,
+    workload: Workload,
 ) -> tuple[float | None, float | None, float | None]:
     """Steps and seconds to target at the chosen batch and rate, and the speedup over the reference.
-    The tuning runs trained to the target there: their steps replace the model's (the slower seed at
-    the chosen rate, as the tuning judged it)."""
-    tuned = [m for m in lr_checks if m.lr == lr and m.steps_to_target is not None]
+    Where runs reached the target there, their mean steps replace the model's: the tuning runs at
+    the chosen rate, and for the reference its own run and any other seed's at its batch and rate
+    (a mean over the seeds each point has: one seed's data order moved digits-cnn's reference by
+    half its steps)."""
+
+    def mean_steps(batch_size: int, rate: float) -> float | None:
+        runs = [
+            m.steps_to_target
+            for m in lr_checks
+            if m.batch_size == batch_size and math.isclose(m.lr, rate) and m.steps_to_target is not None
+        ]
+        return sum(runs) / len(runs) if runs else None
+
     steps = best.steps_to_target if best else None
-    if tuned:
-        steps = float(max(m.steps_to_target or 0 for m in tuned))
+    if best is not None:
+        steps = mean_steps(best.batch_size, lr) or steps
     seconds = steps * best.step_seconds if best and steps is not None else None
-    speedup = reference.seconds_to_target / seconds if seconds and reference else None
-    return steps, seconds, speedup
+    if reference is None or not seconds:
+        return steps, seconds, None
+    # The reference prediction's steps are its own run's (seed 0): with other seeds' runs there, the mean.
+    others = [
+        m.steps_to_target
+        for m in lr_checks
+        if m.batch_size == workload.batch_size
+        and math.isclose(m.lr, workload.lr)
+        and m.steps_to_target is not None
+    ]
+    reference_steps = (reference.steps_to_target + sum(others)) / (1 + len(others))
+    return steps, seconds, reference_steps * reference.step_seconds / seconds
 
 
 def _reference_noise(
