@@ -904,7 +904,7 @@ def _rationale(
     if predicted_steps is not None and round(predicted_steps) != round(best.steps_to_target):
         lines.append(
             f"Tuning runs trained to the target at batch {best.batch_size} in {predicted_steps:.0f} steps "
-            f"(the slower seed), so the prediction is {predicted_steps * best.step_seconds:.3g} s."
+            f"(the mean of its seeds), so the prediction is {predicted_steps * best.step_seconds:.3g} s."
         )
     if speedup is not None:
         lines.append(
