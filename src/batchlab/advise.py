@@ -493,8 +493,10 @@ def _tune_reference_rate(
             f"the reference rate {workload.lr:.3g} is kept"
         )
         lr = workload.lr
-    if lr != workload.lr and not any(
-        math.isclose(m.lr, workload.lr) and m.steps_to_target is not None for m in checks[1:]
+    if (
+        lr != workload.lr
+        and budget.left() > 0
+        and not any(math.isclose(m.lr, workload.lr) and m.steps_to_target is not None for m in checks[1:])
     ):
         # The speedup is then the rates' alone, and one seed's data order can move a run by half its
         # steps: the reference rate on the other seed too, so that both points have two.
