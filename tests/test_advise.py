@@ -52,6 +52,11 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
         and c["lr"] == data["lr"]
         and c["steps_to_target"] is not None
     ]
+    # The reference on the same footing: its steps x its step time, so the two times give the speedup
+    # (its run's own clock ran slow, tracking the noise scale at every step).
+    assert data["reference"]["seconds_to_target"] == pytest.approx(
+        data["predicted_seconds_to_target"] * data["predicted_speedup"]
+    )
     if tuned:  # their mean over the seeds that reached it
         assert data["predicted_steps_to_target"] == pytest.approx(sum(tuned) / len(tuned))
     # Every batch the prediction considered ran in the throughput profile, so memory was not probed:

@@ -929,7 +929,7 @@ def advice_table(data: dict[str, Any]) -> Table:
     table.add_row(
         "seconds to target",
         f"{fmt(data['predicted_seconds_to_target'], 3)} (predicted)",
-        f"{fmt(ref['seconds_to_target'], 3)} (measured)",
+        f"{fmt(ref['seconds_to_target'], 3)} (measured steps)",
     )
     table.add_row("speedup", f"{fmt(data['predicted_speedup'], 3)}x (predicted)", "1x")
     if data.get("measured_speedup") is not None:
