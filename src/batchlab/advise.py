@@ -560,30 +560,22 @@ def _predicted(
     (a mean over the seeds each point has: one seed's data order moved digits-cnn's reference by
     half its steps)."""
 
-    def mean_steps(batch_size: int, rate: float) -> float | None:
-        runs = [
+    def reached(batch_size: int, rate: float) -> list[int]:
+        return [
             m.steps_to_target
             for m in lr_checks
             if m.batch_size == batch_size and math.isclose(m.lr, rate) and m.steps_to_target is not None
         ]
-        return sum(runs) / len(runs) if runs else None
 
     steps = best.steps_to_target if best else None
-    if best is not None:
-        steps = mean_steps(best.batch_size, lr) or steps
+    if best is not None and (tuned := reached(best.batch_size, lr)):
+        steps = sum(tuned) / len(tuned)
     seconds = steps * best.step_seconds if best and steps is not None else None
     if reference is None or not seconds:
         return steps, seconds, None
-    # The reference prediction's steps are its own run's (seed 0): with other seeds' runs there, the mean.
-    others = [
-        m.steps_to_target
-        for m in lr_checks
-        if m.batch_size == workload.batch_size
-        and math.isclose(m.lr, workload.lr)
-        and m.steps_to_target is not None
-    ]
-    reference_steps = (reference.steps_to_target + sum(others)) / (1 + len(others))
-    return steps, seconds, reference_steps * reference.step_seconds / seconds
+    # The reference prediction's steps are its own run's (seed 0); other seeds' runs there join it.
+    runs = [reference.steps_to_target, *reached(workload.batch_size, workload.lr)]
+    return steps, seconds, sum(runs) / len(runs) * reference.step_seconds / seconds
 
 
 def _reference_noise(
