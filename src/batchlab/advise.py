@@ -246,8 +246,7 @@ def advise(
     predictions: list[Prediction] = []
     if b_noise is not None and reference_run.steps_to_target is not None:
         s_min = reference_run.steps_to_target / (1 + b_noise / workload.batch_size)
-        timed = [p.batch_size for p in throughput.points if p.step_seconds is not None]
-        upper = max(timed, default=workload.batch_size)
+        upper = throughput.largest_timed or workload.batch_size
         predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=upper)
 
     memory, cap, probe_to, probed_no_further = _memory_cap(
@@ -361,7 +360,7 @@ def _memory_cap(
     # it changes nothing, a cap below it is found exactly by a search bounded there.
     unbounded = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
     probe_to = None if full_memory else (unbounded.batch_size if unbounded else workload.batch_size)
-    ran = max((p.batch_size for p in throughput.points if p.step_seconds is not None), default=0)
+    ran = throughput.largest_timed or 0
     if probe_to is not None and memory_limit is None and probe_to <= ran:
         say(f"memory: not probed; the throughput profile ran whole training steps up to batch {ran}")
         return _ran_in_profile(workload, throughput, ran, probe_to), ran, probe_to, True
@@ -888,7 +887,7 @@ def _rationale(
     elif memory.max_batch_size is not None:
         cap_note = "the whole training set" if memory.capped_by_dataset else "the memory limit"
         lines.append(f"The largest batch that fits is {memory.max_batch_size} ({cap_note}).")
-    largest = max((p.batch_size for p in throughput.points if p.samples_per_second), default=None)
+    largest = throughput.largest_timed
     if throughput.knee_batch_size is not None and throughput.knee_batch_size == largest:
         lines.append(f"Throughput still grows up to the largest batch measured, {largest}.")
     elif throughput.knee_batch_size is not None:

@@ -74,6 +74,11 @@ class ThroughputProfile:
         fields["points"] = tuple(ThroughputPoint(**p) for p in data["points"])
         return cls(**fields)
 
+    @property
+    def largest_timed(self) -> int | None:
+        """The largest batch that ran whole steps here (None: none did)."""
+        return max((p.batch_size for p in self.points if p.step_seconds is not None), default=None)
+
     def step_seconds(self, batch_size: int) -> float | None:
         """Step time at any batch size, interpolated linearly between measured points (a step's
         cost is close to t0 + c B), extrapolated along the last segment beyond them."""
