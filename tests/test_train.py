@@ -255,3 +255,32 @@ def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         train("digits-mlp", **kwargs)  # type: ignore[arg-type]
     assert message in str(info.value)
+
+
+def test_the_divergence_sample_is_no_larger_than_the_evaluation_set() -> None:
+    """With an eval target, the train curve is scored on a fixed training sample of
+    min(DIVERGENCE_SAMPLE, evaluation examples), never below DIVERGENCE_MIN; `final_gap=False`
+    leaves the final train loss unmeasured. Checked against the loss scored directly on each sample."""
+    from batchlab.train import DIVERGENCE_MIN, DIVERGENCE_SAMPLE, SAMPLE_SEED
+
+    base = load_workload("digits-mlp")
+    assert base.target.metric.startswith("eval_")
+    x, y = base.eval_data.tensors  # type: ignore[attr-defined]
+    cpu = torch.device("cpu")
+    untrained = fresh_model(base, seed=0, device=cpu)
+    train_data = DeviceData(base.train_data, cpu)
+
+    def sample_loss(size: int) -> float:
+        return evaluate(untrained, base, train_data.sample(size, SAMPLE_SEED), batch_size=256)[0]
+
+    cases = [(len(x), DIVERGENCE_SAMPLE), (100, 100), (10, DIVERGENCE_MIN)]
+    for eval_size, expected in cases:
+        workload = replace(base, eval_data=torch.utils.data.TensorDataset(x[:eval_size], y[:eval_size]))
+        run = train(workload, batch_size=32, max_steps=1, eval_every=1, final_gap=False, device=cpu)
+        start = run.curve[0]
+        assert start.step == 0 and start.train_loss is not None
+        assert math.isclose(start.train_loss, sample_loss(expected), rel_tol=1e-6)
+        others = {DIVERGENCE_SAMPLE, 100, DIVERGENCE_MIN} - {expected}
+        assert all(abs(start.train_loss - sample_loss(n)) > 1e-4 for n in others)
+        assert run.final_train_loss is None
+    assert train(base, batch_size=32, max_steps=1, device=cpu).final_train_loss is not None

@@ -516,6 +516,7 @@ def _tune_reference_rate(
             max_steps=limit,
             device=device,
             seed=1,
+            final_gap=False,
         )
         checks.append(_measured(run, workload.batch_size))
     # The reference run is reported as the reference; where the search kept its rate, so is the
@@ -537,8 +538,10 @@ def _validate(
         limitations.append("the budget ran out before validation")
         return [], None
     say(f"validate: train batch {chosen_size} (lr {chosen_lr:.3g}) and the reference to the target")
-    run = train(workload, batch_size=chosen_size, lr=chosen_lr, until_target=True, device=device)
-    ref = train(workload, batch_size=workload.batch_size, until_target=True, device=device)
+    run = train(
+        workload, batch_size=chosen_size, lr=chosen_lr, until_target=True, device=device, final_gap=False
+    )
+    ref = train(workload, batch_size=workload.batch_size, until_target=True, device=device, final_gap=False)
     measured = [_measured(ref, workload.batch_size), _measured(run, chosen_size)]
     speedup = None
     if run.seconds_to_target and ref.seconds_to_target:
@@ -592,6 +595,7 @@ def _reference_noise(
         keep_model=True,
         track_noise=workload.batch_size % 2 == 0,
         noise_every=1,
+        final_gap=False,
     )
     if not run.reached_target or run.model is None:
         limitations.append(
@@ -706,6 +710,7 @@ def tune_lr(
                 max_steps=limit,
                 device=device,
                 seed=seed,
+                final_gap=False,  # steps to the target are all a tuning run is for
             )
             runs.append(_measured(run, batch_size))
             if not run.reached_target:
