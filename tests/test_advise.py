@@ -10,7 +10,7 @@ import pytest
 
 import batchlab
 from batchlab import load_workload
-from batchlab.advise import candidate_sizes, lr_for, predict
+from batchlab.advise import candidate_sizes, lr_for, point_and_window_disagree, predict
 from batchlab.report import render_report
 from batchlab.throughput import ThroughputPoint, ThroughputProfile
 
@@ -59,6 +59,14 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     )
     if tuned:  # their mean over the seeds that reached it
         assert data["predicted_steps_to_target"] == pytest.approx(sum(tuned) / len(tuned))
+    # B_noise from the final pass beside the tracked window over the run's last tenth; a note where
+    # they disagree beyond their error bars.
+    noise, window = data["noise"], data["noise"]["window"]
+    assert window["updates"] == data["reference"]["steps_to_target"]  # tracked at every step
+    disagree = point_and_window_disagree(
+        (noise["b_simple"], noise["b_simple_stderr"]), (window["b_simple"], window["b_simple_stderr"])
+    )
+    assert any(line.startswith("B_noise read") for line in data["limitations"]) == disagree
     # Every batch the prediction considered ran in the throughput profile, so memory was not probed:
     # the cap is the largest batch that ran there, a lower bound, and the report says why.
     ran = max(p["batch_size"] for p in data["throughput"]["points"] if p["step_seconds"] is not None)
@@ -454,3 +462,19 @@ def test_with_a_memory_limit_the_advice_probes_up_to_what_it_could_choose() -> N
     assert advice.memory_probed_to == unbounded.batch_size < 8192
     assert max(t["batch_size"] for t in advice.memory["trials"]) == advice.memory_probed_to
     assert advice.max_batch_size == advice.memory_probed_to and advice.max_batch_size_is_lower_bound
+
+
+@pytest.mark.parametrize(
+    ("point", "window", "disagree"),
+    [
+        ((18.5, 0.7), (34.2, 2.0), True),  # charlm's reference run: 15.7 apart, 3 sigma = 6.4
+        ((160.0, 10.0), (152.0, 71.0), False),  # digits-mlp's: 8 apart, 3 sigma = 215
+        ((10.0, 1.0), (14.0, 1.0), False),  # 4 apart, 3 sigma = 4.24
+        ((10.0, 1.0), (14.5, 1.0), True),  # 4.5 apart
+        ((10.0, 1.0), (math.inf, 1.0), False),  # not finite: nothing to compare
+    ],
+)
+def test_point_and_window_disagree_beyond_three_combined_standard_errors(
+    point: tuple[float, float], window: tuple[float, float], disagree: bool
+) -> None:
+    assert point_and_window_disagree(point, window) is disagree

@@ -611,6 +611,16 @@ def _reference_noise(
         device=next(run.model.parameters()).device,
         rel_error=NOISE_REL_ERROR,
     )
+    window = run.noise  # the tracked reading where the run stopped: the last tenth of its steps
+    if window is not None and point_and_window_disagree(
+        (reading.b_simple, reading.b_simple_stderr), (window["b_simple"], window["b_simple_stderr"])
+    ):
+        limitations.append(
+            f"B_noise read {reading.b_simple:.3g} ± {reading.b_simple_stderr:.2g} at the target point and "
+            f"{window['b_simple']:.3g} ± {window['b_simple_stderr']:.2g} over the last tenth of the "
+            "reference run: B_simple moves from point to point by more than one point's error bar, so "
+            "the prediction is uncertain by about that much (the tuning runs measure the steps)"
+        )
     return run, {
         "b_simple": reading.b_simple,
         "b_simple_stderr": reading.b_simple_stderr,
@@ -619,6 +629,7 @@ def _reference_noise(
         "micro_batch": micro_batch,
         "measured_examples": reading.micro_batches * micro_batch,  # read to NOISE_REL_ERROR
         "measured_at_step": run.steps_to_target,
+        "window": window,
         "history": [
             {
                 "step": p.step,
@@ -629,6 +640,22 @@ def _reference_noise(
             for p in run.curve
         ],
     }
+
+
+# The final pass's error bar is sampling error at fixed parameters; along the trajectory B_simple
+# itself moves (charlm, AdamW: passes at steps 200, 360, 380, 400 of one reference run read 31, 22,
+# 46 and 18.5, each +- 1). Where the pass and the tracked window over the run's last tenth differ by
+# more than DISAGREE_SIGMAS of their combined standard error, the advice says so.
+DISAGREE_SIGMAS = 3.0
+
+
+def point_and_window_disagree(point: tuple[float, float], window: tuple[float, float]) -> bool:
+    """Whether two (B_simple, standard error) readings differ by more than DISAGREE_SIGMAS
+    combined standard errors (False where either is not finite)."""
+    (a, se_a), (b, se_b) = point, window
+    if not all(math.isfinite(v) for v in (a, se_a, b, se_b)):
+        return False
+    return abs(a - b) > DISAGREE_SIGMAS * math.hypot(se_a, se_b)
 
 
 def _measured(run: Any, batch_size: int) -> Measured:
