@@ -208,9 +208,8 @@ class _Curve:
         self.warmup_steps, self.steps, self.repeats = warmup_steps, steps, repeats
         self.blocks: dict[int, list[float]] = {}  # batch size -> seconds per step of each timed block
         self.per_block: dict[int, int] = {}
-        self.single: dict[
-            int, float
-        ] = {}  # under torchrun: one rank alone, samples/s at the per-device batch
+        # Under torchrun: one rank alone, samples/s at the per-device batch.
+        self.single: dict[int, float] = {}
 
     def climb(
         self,
