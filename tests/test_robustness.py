@@ -136,8 +136,10 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     """The stubborn workload takes 30 s to clean up after an interrupt; a second Ctrl-C ends the
     process at once, in one line."""
     proc = start("train", "-w", f"{FAILING}:stubborn", "--max-steps", "100", "--out", "out", cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "out" / "results.db").is_file(), "the run to start")
-    time.sleep(2.5)  # steps are under way: each spends 1 s of its time in the forward's sleep
+    # A first signal before the steps (loading the workload, under load) ends the run at once, and the
+    # second then lands in the interpreter's exit, after it has restored the default handlers.
+    wait_for(lambda: (tmp_path / "stubborn-forward-began").is_file(), "a forward to begin")
+    time.sleep(0.2)  # inside the forward's 1 s sleep
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)

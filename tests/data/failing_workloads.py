@@ -4,6 +4,7 @@ They are loaded by file path, in the CLI's own process or in the memory probe's 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from batchlab import Target, Workload
 
+STUBBORN_MARKER = "stubborn-forward-began"
 STEP_SECONDS = 0.05  # each forward pass sleeps this long: a trial or a run lasts seconds, not ms
 
 
@@ -43,9 +45,11 @@ class Slow(nn.Module):
 
 
 class Stubborn(Slow):
-    """Cleans up slowly after an interrupt (30 s): a second Ctrl-C is what ends it."""
+    """Cleans up slowly after an interrupt (30 s): a second Ctrl-C is what ends it. Each forward
+    first touches STUBBORN_MARKER in the working folder, so that a test signals it mid-step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Path(STUBBORN_MARKER).touch()
         try:
             time.sleep(1.0)  # nearly all of a step: the first signal lands here
         except BaseException:
