@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 import batchlab
 from batchlab import load_workload
-from batchlab.advise import candidate_sizes, lr_for, point_and_window_disagree, predict
+from batchlab.advise import _past_any_win, candidate_sizes, lr_for, point_and_window_disagree, predict
 from batchlab.report import render_report
 from batchlab.throughput import ThroughputPoint, ThroughputProfile
 
@@ -73,6 +74,12 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     assert data["memory"]["trials"] == [] and data["max_batch_size_is_lower_bound"]
     assert data["max_batch_size"] == ran and data["memory_probed_to"] == best["batch_size"] <= ran
     page = (tmp_path / "report.html").read_text()
+    # The profile stops at the knee, or earlier where no larger batch could be the advice: then it says
+    # so, and names no knee unless its last doublings had stopped paying.
+    if data["throughput"]["stopped_because"]:
+        assert f"The profile {data['throughput']['stopped_because']}." in page
+    else:
+        assert data["knee_batch_size"] is not None
     assert f"Memory was not probed: the throughput profile ran whole training steps up to batch {ran}" in page
     plots = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', page)
     assert {"predicted time to target", "samples per second", "B_simple over training"} <= set(plots)
@@ -166,6 +173,31 @@ def test_prediction_minimum_matches_the_closed_form() -> None:
     optimum = math.sqrt(b_noise * t0 / c)  # ~283
     assert optimum / 1.5 <= best.batch_size <= optimum * 1.5
     assert best.steps_to_target == pytest.approx(100 * (1 + b_noise / best.batch_size))
+
+
+@pytest.mark.parametrize(("reference", "stops_at"), [(4, 64), (128, 128)])
+def test_the_profile_stops_where_no_larger_batch_can_win(reference: int, stops_at: int) -> None:
+    """Step time 10 ms + 1 ms x B, S_min 100, B_noise 8: the least predicted time is 3.6 s at batch 8
+    (200 steps x 18 ms). S_min steps cost 4.2 s at 32 (under 1.5 x 3.6 = 5.4) and 7.4 s at 64 (over):
+    the profile stops at 64, and never before the reference batch, whose prediction the speedup needs."""
+    workload = dataclasses.replace(load_workload("digits-mlp"), batch_size=reference)
+    stop = _past_any_win(workload, s_min=100.0, b_noise=8.0)
+    points = [
+        ThroughputPoint(
+            batch_size=b,
+            step_seconds=0.01 + 0.001 * b,
+            step_seconds_min=0,
+            step_seconds_max=0,
+            samples_per_second=b / (0.01 + 0.001 * b),
+            steps_per_repeat=1,
+        )
+        for b in [2**k for k in range(10)]
+    ]
+    reasons = [stop(points[: i + 1]) for i in range(len(points))]
+    first = next(i for i, r in enumerate(reasons) if r)
+    assert points[first].batch_size == stops_at
+    assert f"timed up to batch {stops_at}" in (reasons[first] or "")
+    assert "s at batch 8)" in (reasons[first] or "")
 
 
 def test_candidates_include_reference_and_cap() -> None:

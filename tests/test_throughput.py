@@ -85,6 +85,24 @@ def test_curve_ends_at_out_of_memory() -> None:
         assert p.samples_per_second == pytest.approx(p.batch_size / p.step_seconds)  # type: ignore[operator]
 
 
+def test_a_callers_stop_ends_the_curve_and_leaves_the_knee_unknown() -> None:
+    """`stop_when` sees the points timed so far after each batch; where it gives a reason the curve
+    ends there, the reason is kept, and the knee is unknown (every doubling paid up to the cut)."""
+    seen: list[list[int]] = []
+
+    def stop(points: list[ThroughputPoint]) -> str | None:
+        seen.append([p.batch_size for p in points])
+        return "cut at 8" if points[-1].batch_size >= 8 else None
+
+    profile = profile_throughput(
+        "digits-mlp", batch_sizes=[1, 2, 4, 8, 16, 32], steps=2, repeats=2, device="cpu", stop_when=stop
+    )
+    assert seen == [[1], [1, 2], [1, 2, 4], [1, 2, 4, 8]]
+    assert [p.batch_size for p in profile.points] == [1, 2, 4, 8]
+    assert profile.stopped_because == "cut at 8" and profile.knee_batch_size is None
+    assert ThroughputProfile.from_dict(profile.to_dict()) == profile
+
+
 def test_cli_throughput_json() -> None:
     data = invoke_json(
         "throughput", "--workload", "digits-mlp", "--batch-sizes", "8,32,128", "--repeats", "2"

@@ -38,13 +38,16 @@ from .lr import LrRule, scale_lr
 from .memory import MemoryProfile, default_limit_bytes, probe_memory
 from .noise import noise_at_parameters
 from .store import Store
-from .throughput import ThroughputProfile, profile_throughput
+from .throughput import ThroughputPoint, ThroughputProfile, profile_throughput
 from .train import TrainResult, last_eval_at, train
 from .workload import Workload, load_workload
 
 LR_CHECK_STEPS = 50  # the least a tuning run may take
 LR_CHECK_HALVINGS = 4
 LR_DOUBLINGS = 2
+# The throughput profile stops where S_min steps at the last batch cost this many times the best
+# predicted time so far (one timed block's step time carries ~15% on a shared machine).
+STOP_MARGIN = 1.5
 TUNING_SEEDS = 2  # each candidate rate is trained on this many seeds; the slower decides
 LR_DOUBLING_GAIN = 0.9  # a doubling must save 10% of the steps: one seed's noise is not a gain
 NOISE_MICRO_BATCHES = 4
@@ -168,6 +171,36 @@ def predict(
     return predictions
 
 
+def _past_any_win(
+    workload: Workload, s_min: float, b_noise: float
+) -> Callable[[list[ThroughputPoint]], str | None]:
+    """The throughput profile's stop, from the model: no batch takes fewer than S_min steps, so once
+    S_min steps at the last batch timed cost more than the best predicted time to target so far,
+    no larger batch (whose steps cost at least as much) can be chosen. Then the profile stops there,
+    past the reference batch, with a margin for one timed block's noise: larger batches cost the
+    most time to time (charlm: the blocks at 128 and 256 were 3 of 4.7 s) and cannot change the
+    advice."""
+
+    def stop(points: list[ThroughputPoint]) -> str | None:
+        timed = [p for p in points if p.step_seconds is not None]
+        if not timed or timed[-1].batch_size < workload.batch_size:
+            return None
+        best = min(timed, key=lambda p: s_min * (1 + b_noise / p.batch_size) * (p.step_seconds or 0))
+        best_seconds = s_min * (1 + b_noise / best.batch_size) * (best.step_seconds or 0)
+        last = timed[-1]
+        floor = s_min * (last.step_seconds or 0)
+        if floor <= STOP_MARGIN * best_seconds:
+            return None
+        return (
+            f"timed up to batch {last.batch_size}: S_min steps there ({s_min:.0f}, the fewest any batch "
+            f"takes) cost {floor:.3g} s at its first timed block, over {STOP_MARGIN:g}x the best "
+            f"predicted so far ({best_seconds:.3g} s at batch {best.batch_size}), so no larger batch "
+            "can be the advice"
+        )
+
+    return stop
+
+
 class _Budget:
     """Seconds left, and where they went: each phase (memory, throughput, ...) is timed."""
 
@@ -240,12 +273,18 @@ def advise(
         "run_seconds_to_target": reference_run.seconds_to_target,  # while tracking the noise scale
     }
 
-    say("throughput: seconds per step, up to where doubling the batch stops paying")
-    throughput = profile_throughput(workload, device=device)
-
-    predictions: list[Prediction] = []
+    s_min = None
     if b_noise is not None and reference_run.steps_to_target is not None:
         s_min = reference_run.steps_to_target / (1 + b_noise / workload.batch_size)
+    say("throughput: seconds per step, up to where doubling the batch stops paying")
+    throughput = profile_throughput(
+        workload,
+        device=device,
+        stop_when=None if s_min is None or b_noise is None else _past_any_win(workload, s_min, b_noise),
+    )
+
+    predictions: list[Prediction] = []
+    if s_min is not None and b_noise is not None:
         upper = throughput.largest_timed or workload.batch_size
         predictions = predict(workload, s_min=s_min, b_noise=b_noise, throughput=throughput, cap=upper)
 
@@ -920,7 +959,9 @@ def _rationale(
         cap_note = "the whole training set" if memory.capped_by_dataset else "the memory limit"
         lines.append(f"The largest batch that fits is {memory.max_batch_size} ({cap_note}).")
     largest = throughput.largest_timed
-    if throughput.knee_batch_size is not None and throughput.knee_batch_size == largest:
+    if throughput.knee_batch_size is None and throughput.stopped_because:
+        lines.append(f"Throughput was {throughput.stopped_because}.")
+    elif throughput.knee_batch_size is not None and throughput.knee_batch_size == largest:
         lines.append(f"Throughput still grows up to the largest batch measured, {largest}.")
     elif throughput.knee_batch_size is not None:
         lines.append(

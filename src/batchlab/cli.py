@@ -939,7 +939,11 @@ def advice_table(data: dict[str, Any]) -> Table:
         fits = f"at least {fits} (probed no further)"
     table.add_row("largest batch that fits", fits, "")
     table.add_row("B_noise", fmt(data["b_noise"], 3), "")
-    table.add_row("throughput knee", fmt(data["knee_batch_size"]), "")
+    knee = fmt(data["knee_batch_size"])
+    timed_to = (data.get("throughput") or {}).get("stopped_because")
+    if data["knee_batch_size"] is None and timed_to:
+        knee = "unknown: " + timed_to.split(":", 1)[0]  # "timed up to batch N"
+    table.add_row("throughput knee", knee, "")
     if data.get("schedule"):
         plan = data["schedule"]
         ramp = " -> ".join(str(p["batch_size"]) for p in plan["ramp"]["phases"]) if plan.get("ramp") else "-"

@@ -199,6 +199,8 @@ def measurement_sections(
                 ],
             ),
         ]
+        if throughput.get("stopped_because"):
+            parts.append(f"<p>The profile {html.escape(throughput['stopped_because'])}.</p>")
     if noise and noise.get("history"):
         parts += [
             "<h2>Gradient noise scale</h2>",

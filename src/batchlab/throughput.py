@@ -62,6 +62,8 @@ class ThroughputProfile:
     warmup_steps: int
     repeats: int
     world_size: int = 1  # batch sizes are global: per-device batch x world size
+    # Why the curve ended before the knee, memory or the batch sizes asked for (the caller's reason).
+    stopped_because: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -210,19 +212,22 @@ class _Curve:
         self.per_block: dict[int, int] = {}
         # Under torchrun: one rank alone, samples/s at the per-device batch.
         self.single: dict[int, float] = {}
+        self.stopped_because: str | None = None
 
     def climb(
         self,
         sizes: list[int],
         *,
         stop: float | None,
+        stop_when: Callable[[list[ThroughputPoint]], str | None] | None,
         progress: Callable[[int, int], None] | None,
         catch_oom: bool,
     ) -> int | None:
         """One timed block per batch size, up to where two doublings in a row each gained less than
-        `stop` (None: every size) or memory ended; returns the batch that ran out of memory, if any.
-        Only an out-of-memory error ends the curve, and only with `catch_oom` (under torchrun, one
-        rank's failure cannot end the others' curve); others propagate."""
+        `stop` (None: every size), `stop_when` gave a reason to stop (`self.stopped_because`), or
+        memory ended; returns the batch that ran out of memory, if any. Only an out-of-memory error
+        ends the curve, and only with `catch_oom` (under torchrun, one rank's failure cannot end the
+        others' curve); others propagate."""
         points: list[ThroughputPoint] = []
         for i, b in enumerate(sizes):
             try:
@@ -239,6 +244,10 @@ class _Curve:
             if progress:
                 progress(i + 1, len(sizes))
             if stop is not None and _stopped_paying(points, stop):
+                break
+            # Every rank holds rank 0's step times, so every rank stops at the same batch.
+            if stop_when is not None and (reason := stop_when(points)):
+                self.stopped_because = reason
                 break
         return None
 
@@ -312,6 +321,7 @@ def profile_throughput(
     checkpoint: bool = False,
     accumulation: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    stop_when: Callable[[list[ThroughputPoint]], str | None] | None = None,
 ) -> ThroughputProfile:
     """Median step seconds and samples/s at each batch size, and the knee.
 
@@ -321,7 +331,9 @@ def profile_throughput(
     `steps=None` sizes each timed block to last at least 50 ms. A batch that runs out of memory is
     recorded as not fitting, and larger ones are not tried. With `stop_after_knee`, the sweep ends
     once two doublings in a row have each raised samples/s by less than `knee_gain`: larger
-    batches would cost the most time and tell nothing new.
+    batches would cost the most time and tell nothing new. `stop_when`, called with the points
+    timed so far (one block each) after each batch size, ends the sweep where it returns a reason,
+    kept as `stopped_because`; the knee is then unknown unless it was already plain.
     """
     workload = load_workload(workload)
     _dist.init_from_env()
@@ -370,7 +382,11 @@ def profile_throughput(
         repeats=repeats,
     )
     out_of_memory = curve.climb(
-        sizes, stop=knee_gain if stop_after_knee else None, progress=progress, catch_oom=world == 1
+        sizes,
+        stop=knee_gain if stop_after_knee else None,
+        stop_when=stop_when,
+        progress=progress,
+        catch_oom=world == 1,
     )
     if out_of_memory is not None and dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -378,11 +394,15 @@ def profile_throughput(
     points = curve.points(world)
     if out_of_memory is not None:
         points.append(_did_not_fit(out_of_memory))
+    # Cut short by the caller, the curve shows a knee only where its last doublings stopped paying;
+    # otherwise "every doubling pays" would name the last batch timed.
+    cut_short = curve.stopped_because is not None and not _stopped_paying(points, knee_gain)
     return ThroughputProfile(
         workload=workload.name,
         device=str(dev),
         points=tuple(points),
-        knee_batch_size=find_knee(points, knee_gain),
+        knee_batch_size=None if cut_short else find_knee(points, knee_gain),
+        stopped_because=curve.stopped_because,
         knee_gain=knee_gain,
         warmup_steps=warmup_steps,
         repeats=repeats,
