@@ -101,6 +101,13 @@ def test_a_callers_stop_ends_the_curve_and_leaves_the_knee_unknown() -> None:
     assert [p.batch_size for p in profile.points] == [1, 2, 4, 8]
     assert profile.stopped_because == "cut at 8" and profile.knee_batch_size is None
     assert ThroughputProfile.from_dict(profile.to_dict()) == profile
+    # Where it would stop at the last size asked for, nothing was cut: no reason, and a knee.
+    seen.clear()
+    whole = profile_throughput(
+        "digits-mlp", batch_sizes=[1, 2, 4, 8], steps=2, repeats=2, device="cpu", stop_when=stop
+    )
+    assert seen == [[1], [1, 2], [1, 2, 4]]
+    assert whole.stopped_because is None and whole.knee_batch_size is not None
 
 
 def test_cli_throughput_json() -> None:

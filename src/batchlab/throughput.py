@@ -245,8 +245,9 @@ class _Curve:
                 progress(i + 1, len(sizes))
             if stop is not None and _stopped_paying(points, stop):
                 break
-            # Every rank holds rank 0's step times, so every rank stops at the same batch.
-            if stop_when is not None and (reason := stop_when(points)):
+            # Every rank holds rank 0's step times, so every rank stops at the same batch. At the last
+            # size there is nothing left to cut.
+            if stop_when is not None and i < len(sizes) - 1 and (reason := stop_when(points)):
                 self.stopped_because = reason
                 break
         return None
