@@ -182,19 +182,17 @@ def _past_any_win(
     advice."""
 
     def stop(points: list[ThroughputPoint]) -> str | None:
-        timed = [p for p in points if p.step_seconds is not None]
-        if not timed or timed[-1].batch_size < workload.batch_size:
+        timed = [(p.batch_size, p.step_seconds) for p in points if p.step_seconds is not None]
+        if not timed or timed[-1][0] < workload.batch_size:
             return None
-        best = min(timed, key=lambda p: s_min * (1 + b_noise / p.batch_size) * (p.step_seconds or 0))
-        best_seconds = s_min * (1 + b_noise / best.batch_size) * (best.step_seconds or 0)
-        last = timed[-1]
-        floor = s_min * (last.step_seconds or 0)
+        best_seconds, best_batch = min((s_min * (1 + b_noise / b) * step, b) for b, step in timed)
+        last, floor = timed[-1][0], s_min * timed[-1][1]
         if floor <= STOP_MARGIN * best_seconds:
             return None
         return (
-            f"timed up to batch {last.batch_size}: S_min steps there ({s_min:.0f}, the fewest any batch "
+            f"timed up to batch {last}: S_min steps there ({s_min:.0f}, the fewest any batch "
             f"takes) cost {floor:.3g} s at its first timed block, over {STOP_MARGIN:g}x the best "
-            f"predicted so far ({best_seconds:.3g} s at batch {best.batch_size}), so no larger batch "
+            f"predicted so far ({best_seconds:.3g} s at batch {best_batch}), so no larger batch "
             "can be the advice"
         )
 
