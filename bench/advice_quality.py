@@ -5,7 +5,7 @@ over 5 multipliers (0.25x to 4x) of the rule that fits the optimizer (linear for
 for Adam-like ones), 2 seeds each; a rate counts only if both seeds reach the target, and the slower
 decides. The best time to target is the oracle's answer. Then the advice's point, the oracle's best
 point, the reference point (the workload's own batch and rate), and the largest batch that fits
-with the rule are re-timed side by side (`time_points`: the median of 3 to 15 seeds, interleaved),
+with the rule are re-timed side by side (`time_points`: the median of 5 to 15 seeds, interleaved),
 so that the ratios compare like with like and the oracle's best is not also the luckiest of its
 sweep; the measured speedup is the reference's time over the advice's, from the same timing. Goals
 (issue 13): advice within 1.10x of the oracle, at most a fifth of its cost (charlm: <= 60 s);
