@@ -96,27 +96,34 @@ def guarded(func: F | None = None, *, lock: bool = True) -> Any:
                 return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
-        except BatchlabError as error:
-            raise fail(str(error)) from None
-        except (_guard.Interrupted, KeyboardInterrupt) as error:
-            stop = error if isinstance(error, _guard.Interrupted) else _guard.Interrupted(signal.SIGINT)
-            resumable = func.__name__ in RESUMABLE
-            line = _guard.interrupted_line(stop, command, folder, resumable=resumable)
-            raise fail(line, stop.exit_code, label="stopped:") from None
-        except (RuntimeError, RankStopped) as error:
-            if _dist.active() and (isinstance(error, RankStopped) or _dist.lost_peer(error)):
-                signal.signal(
-                    signal.SIGTERM, signal.SIG_IGN
-                )  # torchrun's SIGTERM must not cut the line short
-                raise fail(
-                    f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
-                    "finished runs are in the store: run the same command again to resume"
-                ) from None
-            raise unexpected(error) from None
-        except Exception as error:
-            raise unexpected(error) from None
+        except (Exception, _guard.Interrupted, KeyboardInterrupt) as error:
+            try:
+                raise ending(error, func.__name__, command, folder) from None
+            except RankStopped as late:
+                # torchrun tells every rank to stop once one has failed; its SIGTERM may land while
+                # this rank is still describing its own failure (a lost peer). The handler raises
+                # once only, so the stop's line is the last word.
+                raise ending(late, func.__name__, command, folder) from None
 
     return wrapper
+
+
+def ending(error: BaseException, name: str, command: str, folder: Path | None) -> typer.Exit:
+    """The one line, and the exit code, that a command's failure ends with."""
+    if _dist.active():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut the line short
+    if isinstance(error, BatchlabError):
+        return fail(str(error))
+    if isinstance(error, (_guard.Interrupted, KeyboardInterrupt)):
+        stop = error if isinstance(error, _guard.Interrupted) else _guard.Interrupted(signal.SIGINT)
+        line = _guard.interrupted_line(stop, command, folder, resumable=name in RESUMABLE)
+        return fail(line, stop.exit_code, label="stopped:")
+    if _dist.active() and (isinstance(error, RankStopped) or _dist.lost_peer(error)):
+        return fail(
+            f"rank {_dist.rank()}: another rank stopped ({str(error).splitlines()[0][:160]}); "
+            "finished runs are in the store: run the same command again to resume"
+        )
+    return unexpected(error)
 
 
 def unexpected(error: BaseException) -> typer.Exit:
