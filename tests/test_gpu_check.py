@@ -85,6 +85,7 @@ def test_checks_read_batchlab_s_json_through_a_fresh_process(monkeypatch: pytest
     """The noise and torchrun checks, pointed at the CPU: the same commands and JSON fields the GPU
     run reads (the torchrun one on gloo, as on a CPU it must be)."""
     monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_check, "NOISE_WORKLOAD", "linreg")
     noise = gpu_check.noise_check()
     assert noise["B_simple"] > 0 and noise["stderr"] > 0
     assert gpu_check.nccl_check()["steps"] == 50
