@@ -284,3 +284,55 @@ def test_the_divergence_sample_is_no_larger_than_the_evaluation_set() -> None:
         assert all(abs(start.train_loss - sample_loss(n)) > 1e-4 for n in others)
         assert run.final_train_loss is None
     assert train(base, batch_size=32, max_steps=1, device=cpu).final_train_loss is not None
+
+
+class _EvalOutgrowsTraining(torch.nn.Module):
+    """A batch-norm MLP whose forward in eval mode "runs out of CUDA memory" past `fits` examples
+    (what a language model's logits do at an evaluation chunk of 256 where training at 12 fits);
+    it records every eval chunk it was given."""
+
+    def __init__(self, fits: int | None) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
+        self.fits, self.chunks = fits, []  # type: list[int]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.chunks.append(len(x))
+            if self.fits is not None and len(x) > self.fits:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(x)} rows")
+        return self.net(x)
+
+
+def test_an_evaluation_chunk_that_runs_out_of_memory_is_halved_and_the_run_is_unchanged() -> None:
+    """Training at batch 8 fits; scoring the data in chunks of 256 does not, past 64 rows. The run
+    halves the chunk (256, 128, then 64, the first that fits), keeps 64 for every later evaluation,
+    and trains exactly as a run whose chunks all fit: the same curve to float rounding (a mean over
+    other chunks), so the model went back to train mode after the chunk that failed (batch norm
+    trains on batch statistics; left in eval mode the curves would part)."""
+    base = load_workload("digits-mlp")
+    models: dict[str, _EvalOutgrowsTraining] = {}
+
+    def workload(name: str, fits: int | None):  # type: ignore[no-untyped-def]
+        def model() -> _EvalOutgrowsTraining:
+            models[name] = _EvalOutgrowsTraining(fits)
+            return models[name]
+
+        return replace(base, name=name, model=model, batch_size=8)
+
+    runs = {
+        name: train(
+            workload(name, fits), batch_size=8, max_steps=40, eval_every=10, device="cpu", final_gap=False
+        )
+        for name, fits in (("fits", None), ("outgrows", 64))
+    }
+    tried = models["outgrows"].chunks
+    assert tried[:3] == [256, 128, 64]  # the first evaluation: two failures, then the chunk that fits
+    assert max(tried[3:]) == 64  # every later chunk starts from the one that fitted
+    assert set(models["fits"].chunks) >= {256}
+    for a, b in zip(runs["fits"].curve, runs["outgrows"].curve, strict=True):
+        assert a.step == b.step
+        assert math.isclose(a.eval_loss, b.eval_loss, rel_tol=1e-5)  # type: ignore[arg-type]
+        assert math.isclose(a.train_loss, b.train_loss, rel_tol=1e-5)  # type: ignore[arg-type]

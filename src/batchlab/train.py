@@ -26,6 +26,7 @@ from ._step import backward
 from .generalization import epsilon_sharpness, use_ghost_batch_norm
 from .generalization import sharpness as top_hessian_eigenvalue
 from .lr import LrRule, as_rule, scale_lr, warmup_factor
+from .memory import is_out_of_memory
 from .monitor import NoiseMonitor, NoiseReading
 from .schedule import BatchSchedule, Phase
 from .workload import Workload, check_batch_size, check_lr, load_workload
@@ -59,6 +60,10 @@ TRAIN_SAMPLE = 2048
 DIVERGENCE_SAMPLE = 256
 DIVERGENCE_MIN = 64
 FINAL_TRAIN_SAMPLE = TRAIN_SAMPLE  # examples scored at the end, for the train/eval gap
+# The data is scored in chunks of max(B, EVAL_CHUNK): fewer, faster passes than at a small training
+# batch. Where a chunk does not fit (a forward without backward at 256 can still outgrow a training
+# step at 12: a language model's logits), it is halved until it does (`evaluate_within_memory`).
+EVAL_CHUNK = 256
 SAMPLE_SEED = 0  # the fixed sample's seed: every run of a workload is judged on the same examples
 # A run has diverged when its loss is not finite, or when the training-sample loss rises above its
 # starting value by more than (DIVERGENCE_FACTOR - 1) times that value (3x a positive start). A run
@@ -190,6 +195,29 @@ def fresh_model(
     return apply_checkpointing(model) if checkpoint else model
 
 
+def evaluate_within_memory(
+    model: nn.Module,
+    workload: Workload,
+    data: DeviceData,
+    *,
+    batch_size: int,
+    prefix: str = "eval_",
+) -> tuple[float, dict[str, float], int]:
+    """`evaluate` in chunks of `batch_size`, halved while a chunk runs out of memory; also the chunk
+    size that fitted, for the next evaluation to start from. The result does not depend on the
+    chunks (a mean weighted by their sizes; the model is in eval mode), only its float rounding."""
+    while True:
+        try:
+            loss, metrics = evaluate(model, workload, data, batch_size=batch_size, prefix=prefix)
+            return loss, metrics, batch_size
+        except Exception as error:  # only out-of-memory is handled here; the rest is raised again
+            if batch_size == 1 or not is_out_of_memory(error):
+                raise
+        batch_size //= 2  # outside the handler: the failed chunk's tensors are released by now
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def evaluate(
     model: nn.Module,
     workload: Workload,
@@ -203,15 +231,17 @@ def evaluate(
     model.eval()
     total, count = 0.0, 0
     sums: dict[str, float] = {}
-    with torch.no_grad():
-        for x, y in data.in_order(batch_size):
-            out = model(x)
-            n = batch_len(y)
-            total += float(workload.loss(out, y)) * n
-            count += n
-            for name, value in (workload.metrics(out, y) if workload.metrics else {}).items():
-                sums[name] = sums.get(name, 0.0) + float(value) * n
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for x, y in data.in_order(batch_size):
+                out = model(x)
+                n = batch_len(y)
+                total += float(workload.loss(out, y)) * n
+                count += n
+                for name, value in (workload.metrics(out, y) if workload.metrics else {}).items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * n
+    finally:  # a chunk that ran out of memory must not leave the model in eval mode
+        model.train(was_training)
     return total / count, {f"{prefix}{k}": v / count for k, v in sums.items()}
 
 
@@ -463,7 +493,7 @@ class _Loop:
         if not on_train and self.eval_data is not None:
             sample_size = max(DIVERGENCE_MIN, min(sample_size, self.eval_data.size))
         self.train_sample = self.train_data.sample(sample_size, SAMPLE_SEED)
-        self.eval_batch = max(schedule.largest_batch_size, 256)
+        self.eval_batch = max(schedule.largest_batch_size, EVAL_CHUNK)
         self.rank, self.world = _dist.rank(), _dist.world_size()
         # What a step runs: the model, or DDP around it.
         self.net: nn.Module = _dist.data_parallel(self.model, device) if self.world > 1 else self.model
@@ -699,12 +729,12 @@ class _Loop:
 
     def _scored(self, point: CurvePoint) -> CurvePoint:
         """`point` with the model, as it stands, scored on the training sample and the evaluation set."""
-        train_loss, metrics = evaluate(
+        train_loss, metrics, self.eval_batch = evaluate_within_memory(
             self.model, self.workload, self.train_sample, batch_size=self.eval_batch, prefix="train_"
         )
         eval_loss: float | None = None
         if self.eval_data is not None:
-            eval_loss, eval_metrics = evaluate(
+            eval_loss, eval_metrics, self.eval_batch = evaluate_within_memory(
                 self.model, self.workload, self.eval_data, batch_size=self.eval_batch
             )
             metrics.update(eval_metrics)
@@ -724,7 +754,7 @@ class _Loop:
             self.monitor.close()
         final_train = None
         if final_gap and not self.diverged:
-            final_train, _ = evaluate(
+            final_train, _, self.eval_batch = evaluate_within_memory(
                 self.model,
                 self.workload,
                 self.train_data.sample(FINAL_TRAIN_SAMPLE, SAMPLE_SEED),
