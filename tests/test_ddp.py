@@ -1,14 +1,17 @@
-"""Data-parallel runs: 2 gloo ranks on 127.0.0.1 under torchrun, each launch bounded in time and on
-its own free port. Compared with one process at the same global batch, to float tolerance."""
+"""Data-parallel runs: 2 gloo ranks on 127.0.0.1, started with torchrun's environment (a killed
+rank's test under torchrun itself), each launch bounded in time and on its own free port. Compared
+with one process at the same global batch, to float tolerance."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +40,48 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        _torchrun(*args), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env(), check=False
-    )
+def _run(*args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """The ranks started as torchrun starts them (its environment: RANK, WORLD_SIZE, MASTER_ADDR...),
+    without its agent, whose own import of torch costs ~3 s a launch on this machine. What torchrun
+    itself does (ends the other ranks when one dies) is tested under torchrun, below. Returns rank
+    0's stdout, every rank's stderr, and the first non-zero exit code."""
+    port = str(_free_port())
+    with tempfile.TemporaryDirectory() as folder:
+        outs = [Path(folder, f"rank{r}.out") for r in range(nproc)]
+        errs = [Path(folder, f"rank{r}.err") for r in range(nproc)]
+        ranks = []
+        for rank in range(nproc):
+            env = {
+                **_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+            }  # fmt: skip
+            with outs[rank].open("w") as out, errs[rank].open("w") as err:
+                command = [sys.executable, "-m", "batchlab", *args]
+                ranks.append(subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env))
+        codes = _wait_like_torchrun(ranks)
+        stdout = outs[0].read_text()
+        stderr = "".join(e.read_text() for e in errs)
+    code = next((c for c in codes if c != 0), 0)
+    return subprocess.CompletedProcess(args, code, stdout, stderr)
+
+
+def _wait_like_torchrun(ranks: list[subprocess.Popen[str]]) -> list[int]:
+    """Wait for every rank; once one has failed, the others get SIGTERM after 5 s, as torchrun's
+    agent would send it (they may be waiting on the failed rank in a collective)."""
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    failed_at = None
+    while any(r.poll() is None for r in ranks):
+        now = time.monotonic()
+        if failed_at is None and any(r.poll() not in (None, 0) for r in ranks):
+            failed_at = now
+        if now > deadline or (failed_at is not None and now > failed_at + 5):
+            for r in ranks:
+                if r.poll() is None:
+                    r.send_signal(signal.SIGTERM if now <= deadline else signal.SIGKILL)
+            deadline = min(deadline, now + 30)
+            failed_at = math.inf
+        time.sleep(0.05)
+    return [r.returncode for r in ranks]
 
 
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
