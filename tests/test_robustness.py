@@ -150,6 +150,22 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     assert "again: stopped at once" in err and "Traceback" not in err, err
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="sees torch's library loaded through /proc")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_torch_is_imported_ends_the_command_in_one_line(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C in the first seconds, while torch is still being imported (its library is loaded and
+    its Python modules are not, ~1 s on this machine): one line, exit 128 + signal, no traceback."""
+    proc = start("train", "-w", "linreg", "--max-steps", "10", cwd=tmp_path)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    wait_for(lambda: "libtorch" in maps.read_text(errors="replace"), "torch's library to be loaded")
+    os.killpg(proc.pid, signum)
+    rc, _, err = finish(proc)
+    assert rc == 128 + signum, err
+    assert err.strip().splitlines() == [
+        f"stopped: interrupted by {signal.Signals(signum).name} while batchlab was starting; nothing ran"
+    ]
+
+
 def test_a_second_command_on_the_same_folder_is_refused_and_the_first_resumes(tmp_path: Path) -> None:
     """Two commands on one --out: the second is refused with the first's pid and command line; the
     first, interrupted, names its store and how to resume; the store then opens with its finished

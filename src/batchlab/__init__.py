@@ -1,5 +1,6 @@
 """batchlab: which batch size, and which learning rate to go with it, measured on your own workload."""
 
+from . import _startup  # noqa: F401  (first: a Ctrl-C while torch is imported ends the command in one line)
 from ._errors import BatchlabError, ConfigError, WorkloadError
 from .advise import Advice, advise
 from .generalization import GhostBatchNorm, Sharpness, epsilon_sharpness, sharpness, use_ghost_batch_norm
