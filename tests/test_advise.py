@@ -474,14 +474,18 @@ def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     ("rule", "lr", "words"),
     [
         ("sqrt", 0.02, "sqrt rule"),
+        ("sqrt", 0.08, "sqrt rule, tuned: 4x"),
+        ("linear", 0.01, "linear rule, tuned: 0.5x"),
         ("none", 0.05, "the reference rate"),
         ("none", 0.0125, "the reference rate, tuned"),
     ],
 )
 def test_the_advice_says_where_its_rate_came_from(rule: str, lr: float, words: str) -> None:
+    """The rule's rate here is 0.02; a rate tuned away from it says by how much."""
     from batchlab.lr import rate_source
 
-    assert rate_source({"lr_rule": rule, "lr": lr, "reference": {"lr": 0.05}}) == words
+    advice = {"lr_rule": rule, "lr": lr, "lr_from_rule": 0.02, "reference": {"lr": 0.05}}
+    assert rate_source(advice) == words
 
 
 def test_with_a_memory_limit_the_advice_probes_up_to_what_it_could_choose() -> None:

@@ -23,9 +23,13 @@ class LrRule(str, Enum):
 
 
 def rate_source(advice: dict[str, Any]) -> str:
-    """Where an advice's learning rate came from, in words: its rule, or (rule "none", the advice
-    at the reference batch) the reference rate, kept or tuned."""
+    """Where an advice's learning rate came from, in words: its rule (and how far tuning moved it
+    from the rule's rate), or (rule "none", the advice at the reference batch) the reference rate,
+    kept or tuned."""
     if advice["lr_rule"] != LrRule.NONE.value:
+        from_rule = advice.get("lr_from_rule")
+        if from_rule and not math.isclose(advice["lr"], from_rule):
+            return f"{advice['lr_rule']} rule, tuned: {advice['lr'] / from_rule:.2g}x"
         return f"{advice['lr_rule']} rule"
     same = math.isclose(advice["lr"], advice["reference"]["lr"])
     return "the reference rate" if same else "the reference rate, tuned"
