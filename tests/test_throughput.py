@@ -120,7 +120,7 @@ def test_cli_throughput_json() -> None:
 
 
 class _SlowSpell(torch.nn.Module):
-    """Every forward sleeps 2 ms, except calls SPELL (a slow spell of the machine): 6 ms."""
+    """Every forward sleeps 2 ms, except calls SPELL (a slow spell of the machine): 30 ms."""
 
     calls = 0
     SPELL = range(4, 13)
@@ -131,17 +131,18 @@ class _SlowSpell(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _SlowSpell.calls += 1
-        time.sleep(0.006 if _SlowSpell.calls in self.SPELL else 0.002)
+        time.sleep(0.030 if _SlowSpell.calls in self.SPELL else 0.002)
         return self.linear(x)
 
 
 def test_a_slow_spell_is_outvoted_by_the_interleaved_repeats() -> None:
     """With 1 warm-up step and blocks of 2 steps, timing each batch size's three blocks one after the
     other takes 7 consecutive forward calls per size, so a 9-call spell (calls 4-12) would own at
-    least two blocks, the median, of one size (3x its step time). Interleaved (one block per size on
+    least two blocks, the median, of one size (15x its step time). Interleaved (one block per size on
     the way up, then rounds), the spell covers 16's and 32's first blocks and 8's second: at most one
-    block of each, so every median is a 2 ms step. Bounds: 2 ms asleep plus a tiny linear layer, and
-    a spell-owned median would read >= 6 ms."""
+    block of each, so every median is a 2 ms step. Bounds: a spell-owned median would read >= 30 ms
+    (a sleep never ends early); a normal step is 2 ms asleep plus a tiny linear layer, which even a
+    loaded machine (the suite runs two processes) keeps far below 15 ms."""
     _SlowSpell.calls = 0
     workload = Workload(
         name="slow-spell",
@@ -159,6 +160,6 @@ def test_a_slow_spell_is_outvoted_by_the_interleaved_repeats() -> None:
     )
     assert _SlowSpell.calls == 3 * (1 + 2) + 2 * 3 * (1 + 2)  # the climb, then two rounds of 1 + 2
     medians = [p.step_seconds for p in profile.points]
-    assert all(m is not None and m < 0.004 for m in medians), medians
+    assert all(m is not None and m < 0.015 for m in medians), medians
     spells = [p.step_seconds_max for p in profile.points]
-    assert sum(s is not None and s > 0.0055 for s in spells) == 3, spells  # each size saw the spell once
+    assert sum(s is not None and s >= 0.030 for s in spells) == 3, spells  # each size saw the spell once
