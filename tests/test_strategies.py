@@ -81,6 +81,30 @@ def test_cli_strategies_json() -> None:
     assert rows["checkpoint"]["max_batch_size"] is None and "no `blocks`" in rows["checkpoint"]["note"]
 
 
+def test_strategies_take_the_probe_s_bounds() -> None:
+    """--max-batch-size and --granularity bound every strategy's search as they bound one probe's
+    (they were ignored): linreg fits its whole set, so each answer is the largest multiple of 32 up
+    to 100, and accumulation x4 makes that 4x."""
+    from .helpers import invoke_json
+
+    data = invoke_json(
+        "memory", "--workload", "linreg", "--strategies", "--memory-limit", "400MiB",
+        "--max-batch-size", "100", "--granularity", "32",
+    )  # fmt: skip
+    rows = {r["strategy"]: r["max_batch_size"] for r in data["strategies"]}
+    assert (rows["fp32"], rows["bf16"], rows["fp32 + accumulation x4"]) == (96, 96, 384)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"), [(["--precision", "bf16"], "--precision"), (["--checkpoint"], "--checkpoint")]
+)
+def test_a_setting_that_strategies_tries_itself_is_refused_beside_it(args: list[str], flag: str) -> None:
+    from .helpers import assert_one_line_error, invoke
+
+    result = invoke("memory", "--workload", "linreg", "--strategies", *args)
+    assert_one_line_error(result, f"{flag} must be left out with --strategies", f"drop {flag}")
+
+
 @pytest.mark.parametrize(
     ("bf16_speed", "has_bf16", "says"),
     [

@@ -526,6 +526,12 @@ def memory_command(
             highlight=False,
         )
 
+    bounds: dict[str, Any] = {
+        "granularity": parse_int(granularity, "granularity", flag="--granularity") or 0,
+        "min_batch_size": parse_int(min_batch_size, "min_batch_size", flag="--min-batch-size") or 0,
+        "max_batch_size": parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+        "include_eval": not no_eval,
+    }
     if strategies:
         from .strategies import compare_strategies
 
@@ -533,6 +539,14 @@ def memory_command(
             raise bad(
                 "--strategy-seconds", strategy_seconds, "a finite number >= 0", "pass 45, or 0 for none"
             )
+        for flag, given in (("--precision", precision is not Precision.FP32), ("--checkpoint", checkpoint)):
+            if given:
+                raise bad(
+                    flag,
+                    precision.value if flag == "--precision" else checkpoint,
+                    "left out with --strategies, which tries every precision and checkpointing itself",
+                    f"drop {flag}, or drop --strategies to probe that one setting",
+                )
         report = compare_strategies(
             wl,
             device=device,
@@ -541,6 +555,7 @@ def memory_command(
             seconds_per_strategy=strategy_seconds or None,
             progress=None if as_json else lambda text: console.print(text, style="bold"),
             on_trial=show,
+            **bounds,
         )
         save(out, "strategies", wl.name, report.to_dict())
         show_result(report.to_dict(), strategies_table, as_json=as_json)
@@ -552,11 +567,8 @@ def memory_command(
         reserve_bytes=reserve_bytes,
         precision=precision.value,
         checkpoint=checkpoint,
-        granularity=parse_int(granularity, "granularity", flag="--granularity") or 0,
-        min_batch_size=parse_int(min_batch_size, "min_batch_size", flag="--min-batch-size") or 0,
-        max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
-        include_eval=not no_eval,
         progress=show,
+        **bounds,
     )
     data = profile.to_dict()
     save(out, "memory", wl.name, data)

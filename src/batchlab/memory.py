@@ -579,6 +579,7 @@ def probe_memory(
     start = math.ceil(start / granularity) * granularity
     if start > cap:
         raise bad("min_batch_size", min_batch_size, f"at most the cap on the batch size, {cap}")
+    cap -= cap % granularity  # the answer is a multiple of the granularity, the cap included
     if workload.spec is None:
         raise bad(
             "workload",
@@ -634,7 +635,9 @@ def probe_memory(
         reserve_bytes=reserve_bytes,
         fixed_bytes=None if model is None else model[0],
         per_sample_bytes=None if model is None else model[1],
-        capped_by_dataset=best is not None and best == cap and cap == per_device_data,
+        capped_by_dataset=best is not None
+        and best == cap
+        and cap == per_device_data - per_device_data % granularity,
         granularity=granularity,
         include_eval=include_eval,
         trials=tuple(trials),

@@ -79,10 +79,16 @@ def compare_strategies(
     seconds_per_strategy: float | None = STRATEGY_SECONDS,
     progress: Callable[[str], None] | None = None,
     on_trial: Callable[[MemoryTrial], None] | None = None,
+    min_batch_size: int = 1,
+    max_batch_size: int | None = None,
+    granularity: int = 1,
+    include_eval: bool = True,
 ) -> StrategyReport:
     """Probe memory and time a step under each strategy that applies to this model and device.
     Under torchrun the batch sizes are per device (the probe's answer on every rank) and the speeds
-    are data-parallel samples/s at that per-device batch on all ranks.
+    are data-parallel samples/s at that per-device batch on all ranks. Every strategy's search takes
+    the same bounds as `probe_memory` (`min_batch_size`, `max_batch_size`, `granularity`,
+    `include_eval`).
 
     Each strategy's search has `seconds_per_strategy` (None: no limit), and no trial whose steps
     would each take more than a STEPS_IN_BUDGET-th of it: where that stops a search first, its row
@@ -108,6 +114,10 @@ def compare_strategies(
             reserve_bytes=reserve_bytes,
             precision=precision.value,
             checkpoint=checkpoint,
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            granularity=granularity,
+            include_eval=include_eval,
             progress=on_trial,
             pace=None
             if seconds_per_strategy is None
