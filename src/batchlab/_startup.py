@@ -16,7 +16,8 @@ def started_as_the_cli() -> bool:
     as_module = any(
         a == "-m" and b == "batchlab" for a, b in itertools.pairwise(getattr(sys, "orig_argv", []))
     )
-    return as_module or os.path.basename(sys.argv[0]) in ("batchlab", "batchlab.exe")
+    program = (getattr(sys, "argv", None) or [""])[0]  # an embedded interpreter may have no argv
+    return as_module or os.path.basename(program) in ("batchlab", "batchlab.exe")
 
 
 def _stopped_while_starting(signum: int, frame: object) -> None:
