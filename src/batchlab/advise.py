@@ -751,37 +751,18 @@ def tune_lr(
     goes up or down as far as LR_DOUBLINGS, since the user's own rate need not be the best."""
     checks: list[Measured] = []
     limitations = [] if limitations is None else limitations
-    say = say or (lambda text: None)
-    seeds = range(1) if confirm else range(TUNING_SEEDS)
-
-    def attempt(rate: float, limit: int, seeds: range = seeds) -> Measured | None:
-        """Train `seeds` at `rate`, each to the target or `limit` steps; the slower one
-        speaks for the rate (a rate that only one seed's data order tolerates is not a rate to
-        recommend), so a seed that misses ends the attempt: the others cannot change its verdict."""
-        runs = []
-        for seed in seeds:
-            if budget is not None and budget.left() <= 0:
-                limitations.append("the budget ran out while the learning rate was being tuned")
-                return None
-            say(f"check: batch {batch_size} at lr {rate:.3g}, seed {seed}, to the target or {limit} steps")
-            run, _ = recorded_train(
-                store,
-                workload,
-                kind=kind,
-                batch_size=batch_size,
-                lr=rate,
-                until_target=True,
-                max_steps=limit,
-                device=device,
-                seed=seed,
-                final_gap=False,  # steps to the target are all a tuning run is for
-            )
-            runs.append(_measured(run, batch_size))
-            if not run.reached_target:
-                break
-        checks.extend(runs)
-        return max(runs, key=lambda m: (m.diverged, _steps(m)))
-
+    attempt = _Attempts(
+        workload,
+        batch_size,
+        device,
+        seeds=range(1) if confirm else range(TUNING_SEEDS),
+        checks=checks,
+        budget=budget,
+        limitations=limitations,
+        say=say or (lambda text: None),
+        store=store,
+        kind=kind,
+    )
     if first is not None:
         ups = downs = LR_DOUBLINGS
         checks.append(first)
@@ -817,6 +798,52 @@ def tune_lr(
         if between is not None and not between.diverged and between.steps_to_target is not None:
             trained.append(lr * math.sqrt(2))
     return _confirm(trained, attempt, limit, batch_size, limitations), checks
+
+
+@dataclass
+class _Attempts:
+    """Tuning runs at one batch: `attempt(rate, limit)` trains the seeds at `rate`, each to the target
+    or `limit` steps, and keeps every run in `checks`."""
+
+    workload: Workload
+    batch_size: int
+    device: str | torch.device
+    seeds: range
+    checks: list[Measured]
+    budget: _Budget | None
+    limitations: list[str]
+    say: Progress
+    store: Store | None
+    kind: str
+
+    def __call__(self, rate: float, limit: int, seeds: range | None = None) -> Measured | None:
+        """The slower seed speaks for the rate (a rate that only one seed's data order tolerates is
+        not a rate to recommend), so a seed that misses ends the attempt: the others cannot change
+        its verdict. None when the budget ran out."""
+        runs = []
+        for seed in self.seeds if seeds is None else seeds:
+            if self.budget is not None and self.budget.left() <= 0:
+                self.limitations.append("the budget ran out while the learning rate was being tuned")
+                return None
+            batch = self.batch_size
+            self.say(f"check: batch {batch} at lr {rate:.3g}, seed {seed}, to the target or {limit} steps")
+            run, _ = recorded_train(
+                self.store,
+                self.workload,
+                kind=self.kind,
+                batch_size=self.batch_size,
+                lr=rate,
+                until_target=True,
+                max_steps=limit,
+                device=self.device,
+                seed=seed,
+                final_gap=False,  # steps to the target are all a tuning run is for
+            )
+            runs.append(_measured(run, self.batch_size))
+            if not run.reached_target:
+                break
+        self.checks.extend(runs)
+        return max(runs, key=lambda m: (m.diverged, _steps(m)))
 
 
 def _steps(m: Measured) -> float:
