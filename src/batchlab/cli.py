@@ -959,9 +959,10 @@ def advice_table(data: dict[str, Any]) -> Table:
     table.add_row("largest batch that fits", fits, "")
     table.add_row("B_noise", fmt(data["b_noise"], 3), "")
     knee = fmt(data["knee_batch_size"])
-    timed_to = (data.get("throughput") or {}).get("stopped_because")
-    if data["knee_batch_size"] is None and timed_to:
-        knee = "unknown: " + timed_to.split(":", 1)[0]  # "timed up to batch N"
+    if data["knee_batch_size"] is None and (data.get("throughput") or {}).get("stopped_because"):
+        from .throughput import ThroughputProfile
+
+        knee = f"unknown: timed up to batch {ThroughputProfile.from_dict(data['throughput']).largest_timed}"
     table.add_row("throughput knee", knee, "")
     if data.get("schedule"):
         plan = data["schedule"]
