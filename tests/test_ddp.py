@@ -5,7 +5,6 @@ with one process at the same global batch, to float tolerance."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
@@ -69,17 +68,21 @@ def _wait_like_torchrun(ranks: list[subprocess.Popen[str]]) -> list[int]:
     """Wait for every rank; once one has failed, the others get SIGTERM after 5 s, as torchrun's
     agent would send it (they may be waiting on the failed rank in a collective)."""
     deadline = time.monotonic() + LAUNCH_TIMEOUT
-    failed_at = None
+    failed_at: float | None = None
+    stopped = False
     while any(r.poll() is None for r in ranks):
         now = time.monotonic()
         if failed_at is None and any(r.poll() not in (None, 0) for r in ranks):
             failed_at = now
-        if now > deadline or (failed_at is not None and now > failed_at + 5):
+        if now > deadline:  # past the launch's time, or 30 s after the SIGTERM: killed
             for r in ranks:
                 if r.poll() is None:
-                    r.send_signal(signal.SIGTERM if now <= deadline else signal.SIGKILL)
-            deadline = min(deadline, now + 30)
-            failed_at = math.inf
+                    r.kill()
+        elif not stopped and failed_at is not None and now > failed_at + 5:
+            for r in ranks:
+                if r.poll() is None:
+                    r.send_signal(signal.SIGTERM)
+            stopped, deadline = True, min(deadline, now + 30)
         time.sleep(0.05)
     return [r.returncode for r in ranks]
 
