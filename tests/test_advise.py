@@ -11,7 +11,14 @@ import pytest
 
 import batchlab
 from batchlab import load_workload
-from batchlab.advise import _past_any_win, candidate_sizes, lr_for, point_and_window_disagree, predict
+from batchlab.advise import (
+    Prediction,
+    _past_any_win,
+    candidate_sizes,
+    lr_for,
+    point_and_window_disagree,
+    predict,
+)
 from batchlab.report import render_report
 from batchlab.throughput import ThroughputPoint, ThroughputProfile
 
@@ -42,9 +49,14 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     assert all(p["batch_size"] <= data["max_batch_size"] for p in data["predictions"])
     assert all(p["batch_size"] > data["max_batch_size"] for p in data["predictions_past_cap"])
     assert data["model_steps_to_target"] == pytest.approx(best["steps_to_target"])
-    # The time is the steps (measured by the tuning runs where they reached the target) x step time.
+    # The time is the steps (measured by the tuning runs where they reached the target) x step time,
+    # timed again beside the reference's where the batch moved (9 blocks each, interleaved).
+    timing = data["step_timing"]
+    assert (timing is None) == (data["batch_size"] == data["reference"]["batch_size"])
+    step = {p["batch_size"]: p["step_seconds"] for p in timing["points"]} if timing else {}
+    assert not timing or (sorted(step) == sorted({data["batch_size"], 32}) and timing["repeats"] == 9)
     assert data["predicted_seconds_to_target"] == pytest.approx(
-        data["predicted_steps_to_target"] * best["step_seconds"]
+        data["predicted_steps_to_target"] * step.get(data["batch_size"], best["step_seconds"])
     )
     tuned = [
         c["steps_to_target"]
@@ -53,11 +65,24 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
         and c["lr"] == data["lr"]
         and c["steps_to_target"] is not None
     ]
-    # The reference on the same footing: its steps x its step time, so the two times give the speedup
-    # (its run's own clock ran slow, tracking the noise scale at every step).
-    assert data["reference"]["seconds_to_target"] == pytest.approx(
+    # The reference on the same footing: its steps (the mean over its seeds) x its step time, so the
+    # two times give the speedup (its run's own clock ran slow, tracking the noise scale every step).
+    ref = data["reference"]
+    assert ref["seconds_to_target"] == pytest.approx(
         data["predicted_seconds_to_target"] * data["predicted_speedup"]
     )
+    seeds = ref["seeds_steps_to_target"]
+    assert seeds[0] == ref["steps_to_target"]  # the reference run's own, seed 0
+    at_reference = [c for c in data["lr_checks"] if c["batch_size"] == 32 and c["lr"] == ref["lr"]]
+    if timing:  # the batch moved: the reference's seeds, at its step time from the same timing
+        assert ref["seconds_to_target"] == pytest.approx(sum(seeds) / len(seeds) * step[32])
+        # digits-mlp's reference trains in ~0.2 s, well within the advice's cost in proportion to it
+        # (5 reference runs + 10 s): seed 1 trained too, and its steps joined seed 0's.
+        assert [c["steps_to_target"] for c in at_reference] == seeds[1:] and len(seeds) == 2
+        assert data["phase_seconds"]["reference"] > 0
+        assert f"at {step[32] * 1e3:.3g} ms, the mean of 2 seeds' {seeds[0]} and {seeds[1]})." in " ".join(
+            data["rationale"]
+        )
     if tuned:  # their mean over the seeds that reached it
         assert data["predicted_steps_to_target"] == pytest.approx(sum(tuned) / len(tuned))
     # B_noise from the final pass beside the tracked window over the run's last tenth; a note where
@@ -142,30 +167,34 @@ def test_lr_rule_follows_the_optimizer() -> None:
     assert rule.value == "sqrt" and lr == pytest.approx(3e-3 * 2)
 
 
-def test_prediction_minimum_matches_the_closed_form() -> None:
-    """With step_seconds = t0 + c B and S = S_min (1 + Bn/B), T(B) is least at sqrt(Bn t0 / c)
-    (science.md); the best candidate lies within one grid step of it."""
-    t0, c, b_noise = 2e-3, 1e-5, 400.0
-    sizes = [2**k for k in range(13)]
-    profile = ThroughputProfile(
+def _timed(step_seconds: dict[int, float]) -> ThroughputProfile:
+    return ThroughputProfile(
         workload="w",
         device="cpu",
         knee_batch_size=None,
         knee_gain=0.1,
         warmup_steps=0,
-        repeats=1,
+        repeats=9,
         points=tuple(
             ThroughputPoint(
                 batch_size=b,
-                step_seconds=t0 + c * b,
-                step_seconds_min=0,
-                step_seconds_max=0,
-                samples_per_second=b / (t0 + c * b),
+                step_seconds=s,
+                step_seconds_min=s,
+                step_seconds_max=s,
+                samples_per_second=b / s,
                 steps_per_repeat=1,
             )
-            for b in sizes
+            for b, s in step_seconds.items()
         ),
     )
+
+
+def test_prediction_minimum_matches_the_closed_form() -> None:
+    """With step_seconds = t0 + c B and S = S_min (1 + Bn/B), T(B) is least at sqrt(Bn t0 / c)
+    (science.md); the best candidate lies within one grid step of it."""
+    t0, c, b_noise = 2e-3, 1e-5, 400.0
+    sizes = [2**k for k in range(13)]
+    profile = _timed({b: t0 + c * b for b in sizes})
     predictions = predict(
         load_workload("digits-mlp"), s_min=100.0, b_noise=b_noise, throughput=profile, cap=4096
     )
@@ -445,9 +474,10 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
         (0.0125, 1, last_eval_at(99)),
         (0.05, 1, 200),
     ]
-    steps, seconds, speedup = _predicted(best, checks, lr, best, workload)
-    assert steps == pytest.approx(87.5) and seconds == pytest.approx(0.875)
-    assert speedup == pytest.approx(120 / 87.5)
+    forecast = _predicted(best, checks, lr, best, workload)
+    assert forecast.steps == pytest.approx(87.5) and forecast.seconds == pytest.approx(0.875)
+    assert forecast.reference_steps == (100, 140)  # the reference run and the reference rate's seed 1
+    assert forecast.speedup == pytest.approx(120 / 87.5)
 
 
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
@@ -514,3 +544,61 @@ def test_point_and_window_disagree_beyond_three_combined_standard_errors(
     point: tuple[float, float], window: tuple[float, float], disagree: bool
 ) -> None:
     assert point_and_window_disagree(point, window) is disagree
+
+
+@pytest.mark.parametrize(
+    ("spent", "left", "tried", "said"),
+    [
+        # The reference's 100 steps at 10 ms: a second seed costs 1 s. The advice may spend 5 such
+        # runs + 10 s = 15 s: at 13.9 s spent the seed fits (14.9 s), at 14.1 s it does not.
+        (13.9, None, [(0.05, 1, 200)], None),
+        (14.1, None, [], "a second seed (about 1 s of training) would take the advice past 5 reference runs"),
+        # A budget the caller set with less than the run's second left: not started.
+        (0.0, 0.9, [], "a second seed (about 1 s of training)"),
+    ],
+)
+def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
+    monkeypatch: pytest.MonkeyPatch, spent: float, left: float | None, tried: list, said: str | None
+) -> None:
+    """Seed 1 of the reference point joins the speedup's reference steps only within the advice's cost
+    in proportion to one reference run (REFERENCE_RUNS runs + EXTRA_SECONDS); else the limitation
+    says the speedup rests on one seed."""
+    from batchlab.advise import _Budget, _predicted, _reference_seed
+
+    workload, reference, best = _digits_mlp_reference()
+    runs = _tuning_fake(monkeypatch, {(0.05, 1): 140})
+    budget = _Budget(None if left is None else left + spent)
+    budget.start -= spent
+    limitations: list[str] = []
+    timing = _timed({256: 0.02, 32: 0.01})
+    checks = _reference_seed(workload, reference, [], timing, "cpu", budget, limitations, print)
+    assert runs == tried
+    assert [m.steps_to_target for m in checks] == ([140] if tried else [])
+    assert (said is None) == (not limitations) and all(said in line for line in limitations)
+    # The speedup: the mean of the seeds' steps at the timed step, over the chosen batch's 30 steps of 20 ms.
+    chosen = Prediction(batch_size=256, lr=0.2, steps_to_target=30, step_seconds=0.03, seconds_to_target=0.9)
+    forecast = _predicted(chosen, checks, 0.2, best, workload, timing)
+    assert forecast.reference_steps == ((100, 140) if tried else (100,))
+    assert forecast.speedup == pytest.approx((120 if tried else 100) * 0.01 / (30 * 0.02))
+    if tried:  # the reference point has its seed 1 now: asked again, nothing more is trained
+        assert _reference_seed(workload, reference, checks, timing, "cpu", _Budget(None), [], print) == []
+        assert runs == tried
+
+
+def test_forecast_says_what_the_speedup_rests_on() -> None:
+    """The rationale's speedup line names the reference's steps, their step time and their seeds."""
+    from batchlab.advise import _Forecast, _forecast_lines
+
+    workload = _digits_mlp_reference()[0]
+    chosen = Prediction(batch_size=256, lr=0.2, steps_to_target=30, step_seconds=0.03, seconds_to_target=0.9)
+    two = _forecast_lines(workload, chosen, _Forecast(24, 0.02, (100, 140), 0.01))
+    assert two == [
+        "Tuning runs trained to the target at batch 256 in 24 steps (the mean of its seeds), so the "
+        "prediction is 0.48 s (its steps timed again beside the reference's).",
+        "That is 2.50x faster than the reference batch 32 (predicted: 120 steps at 10 ms, the mean of "
+        "2 seeds' 100 and 140).",
+    ]
+    one = _forecast_lines(workload, chosen, _Forecast(30, 0.02, (100,), 0.01))
+    assert one == [
+        "That is 1.67x faster than the reference batch 32 (predicted: 100 steps at 10 ms, one seed's)."
+    ]
