@@ -162,6 +162,8 @@ def write_table(figures: dict, rows_by_name: dict[str, str]) -> None:
         "",
         "Reference: the workload's own batch and learning rate. Measured speedup: the reference's median",
         "time over the advice's, timed side by side; in brackets its 90% interval, resampling the seeds.",
+        "Predicted speedup: in brackets, the same at its seeds' extremes (the slowest reference seed over",
+        "the fastest advice seed, and the other way round), where a point has two.",
         "",
         "| workload | advice | oracle best | reference | largest that fits, the rule "
         f"| advice/oracle (goal <= {GOAL_RATIO:.2f}) | cost advice / oracle (goal <= 1/5) "
@@ -269,6 +271,7 @@ def main() -> None:
             "oracle_multipliers": list(MULTIPLIERS),
             "curve_version": CURVE_VERSION,  # what steps-to-target meant when the oracle ran
             "predicted_speedup": advice.predicted_speedup,
+            "predicted_speedup_range": advice.predicted_speedup_range,  # at the seeds' extremes
             "measured_speedup": speedup,
             "measured_speedup_interval": interval,  # 90%, resampling seeds
             "validation_speedup": advice.measured_speedup,
@@ -279,7 +282,10 @@ def main() -> None:
             t = timed[label]
             return f"{b} @ {lr:.3g}: {'not reached' if t is None else f'{t:.3f}s'}"
 
-        predicted = advice.predicted_speedup or float("nan")
+        spread = advice.predicted_speedup_range
+        predicted = f"{advice.predicted_speedup or float('nan'):.2f}" + (
+            f" (seeds {spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
+        )
         measured = f"{speedup or float('nan'):.2f}" + (
             f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""
         )
@@ -287,7 +293,7 @@ def main() -> None:
             f"| {name} | {cell('advice')} | {cell('oracle')} | {cell('reference')} | "
             f"{cell('largest that fits, the rule')} | {ratio if ratio is None else f'{ratio:.2f}'} | "
             f"{advice_only:.0f}s (+{advice_cost - advice_only:.0f}s validation) / {oracle_cost:.0f}s | "
-            f"{predicted:.2f} / {measured} |"
+            f"{predicted} / {measured} |"
         )
         print(rows_by_name[name], flush=True)
         write_table(figures, rows_by_name)  # after every row: a long run keeps what it measured

@@ -73,6 +73,9 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     )
     seeds = ref["seeds_steps_to_target"]
     assert seeds[0] == ref["steps_to_target"]  # the reference run's own, seed 0
+    # The speedup at the seeds' extremes brackets it.
+    spread = data["predicted_speedup_range"]
+    assert spread is None or spread[0] <= data["predicted_speedup"] <= spread[1]
     at_reference = [c for c in data["lr_checks"] if c["batch_size"] == 32 and c["lr"] == ref["lr"]]
     if timing:  # the batch moved: the reference's seeds, at its step time from the same timing
         assert ref["seconds_to_target"] == pytest.approx(sum(seeds) / len(seeds) * step[32])
@@ -591,13 +594,19 @@ def test_forecast_says_what_the_speedup_rests_on() -> None:
 
     workload = _digits_mlp_reference()[0]
     chosen = Prediction(batch_size=256, lr=0.2, steps_to_target=30, step_seconds=0.03, seconds_to_target=0.9)
-    two = _forecast_lines(workload, chosen, _Forecast(24, 0.02, (100, 140), 0.01))
-    assert two == [
+    two = _Forecast(24, 0.02, (100, 140), 0.01, (20, 28))
+    assert two.speedup_range == pytest.approx((100 * 0.01 / (28 * 0.02), 140 * 0.01 / (20 * 0.02)))
+    assert _forecast_lines(workload, chosen, two) == [
         "Tuning runs trained to the target at batch 256 in 24 steps (the mean of its seeds), so the "
         "prediction is 0.48 s (its steps timed again beside the reference's).",
         "That is 2.50x faster than the reference batch 32 (predicted: 120 steps at 10 ms, the mean of "
         "2 seeds' 100 and 140).",
+        "Its seeds alone move it between 1.79x and 3.50x (each point's slowest seed against the other's "
+        "fastest).",
     ]
+    # One seed at the chosen point (the model's steps, or one tuning run): the reference's seeds alone.
+    assert _Forecast(24, 0.02, (100, 140), 0.01).speedup_range == pytest.approx((100 / 48, 140 / 48))
+    assert _Forecast(24, 0.02, (100,), 0.01, (24,)).speedup_range is None
     one = _forecast_lines(workload, chosen, _Forecast(30, 0.02, (100,), 0.01))
     assert one == [
         "That is 1.67x faster than the reference batch 32 (predicted: 100 steps at 10 ms, one seed's)."

@@ -950,7 +950,9 @@ def advice_table(data: dict[str, Any]) -> Table:
         f"{fmt(data['predicted_seconds_to_target'], 3)} (predicted)",
         f"{fmt(ref['seconds_to_target'], 3)} (measured steps)",
     )
-    table.add_row("speedup", f"{fmt(data['predicted_speedup'], 3)}x (predicted)", "1x")
+    spread = data.get("predicted_speedup_range")
+    seeds = f"; seeds {fmt(spread[0], 2)}-{fmt(spread[1], 2)}x" if spread else ""
+    table.add_row("speedup", f"{fmt(data['predicted_speedup'], 3)}x (predicted{seeds})", "1x")
     if data.get("measured_speedup") is not None:
         table.add_row("measured speedup", f"{fmt(data['measured_speedup'], 3)}x", "")
     fits = fmt(data["max_batch_size"])

@@ -73,6 +73,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def seeds_spread(advice: dict[str, Any]) -> str:
+    spread = advice.get("predicted_speedup_range")
+    if not spread:
+        return ""
+    return f"; its seeds alone move it between {num(spread[0], 2)}x and {num(spread[1], 2)}x"
+
+
 def advice_section(advice: dict[str, Any], sweep: dict[str, Any] | None) -> list[str]:
     ref = advice["reference"]
     parts = [
@@ -80,7 +87,7 @@ def advice_section(advice: dict[str, Any], sweep: dict[str, Any] | None) -> list
         f"<b>{num(advice['lr'], 3)}</b> ({esc(rate_source(advice))}). Predicted time to target "
         f"{num(advice['predicted_seconds_to_target'], 3)} s, "
         f"{num(advice['predicted_speedup'], 3)}x the reference "
-        f"(batch {num(ref['batch_size'])}, lr {num(ref['lr'], 3)}).</p>"
+        f"(batch {num(ref['batch_size'])}, lr {num(ref['lr'], 3)}){seeds_spread(advice)}.</p>"
     ]
     if advice.get("measured_speedup") is not None:
         parts.append(
