@@ -12,6 +12,7 @@ import pytest
 import batchlab
 from batchlab import load_workload
 from batchlab.advise import (
+    SIDE_BY_SIDE_REPEATS,
     Prediction,
     _past_any_win,
     candidate_sizes,
@@ -50,11 +51,13 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     assert all(p["batch_size"] > data["max_batch_size"] for p in data["predictions_past_cap"])
     assert data["model_steps_to_target"] == pytest.approx(best["steps_to_target"])
     # The time is the steps (measured by the tuning runs where they reached the target) x step time,
-    # timed again beside the reference's where the batch moved (9 blocks each, interleaved).
+    # timed again beside the reference's where the batch moved (SIDE_BY_SIDE_REPEATS blocks each).
     timing = data["step_timing"]
     assert (timing is None) == (data["batch_size"] == data["reference"]["batch_size"])
     step = {p["batch_size"]: p["step_seconds"] for p in timing["points"]} if timing else {}
-    assert not timing or (sorted(step) == sorted({data["batch_size"], 32}) and timing["repeats"] == 9)
+    assert not timing or (
+        sorted(step) == sorted({data["batch_size"], 32}) and timing["repeats"] == SIDE_BY_SIDE_REPEATS
+    )
     assert data["predicted_seconds_to_target"] == pytest.approx(
         data["predicted_steps_to_target"] * step.get(data["batch_size"], best["step_seconds"])
     )
@@ -80,10 +83,12 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     if timing:  # the batch moved: the reference's seeds, at its step time from the same timing
         assert ref["seconds_to_target"] == pytest.approx(sum(seeds) / len(seeds) * step[32])
         # digits-mlp's reference trains in ~0.2 s, well within the advice's cost in proportion to it
-        # (5 reference runs + 10 s): seed 1 trained too, and its steps joined seed 0's.
-        assert [c["steps_to_target"] for c in at_reference] == seeds[1:] and len(seeds) == 2
+        # (5 reference runs + 10 s): seed 1 trained too, and its steps joined seed 0's (and seeds 2
+        # and 3, where each cost under a tenth of the advice so far).
+        assert [c["steps_to_target"] for c in at_reference] == seeds[1:] and 2 <= len(seeds) <= 4
         assert data["phase_seconds"]["reference"] > 0
-        assert f"at {step[32] * 1e3:.3g} ms, the mean of 2 seeds' {seeds[0]} and {seeds[1]})." in " ".join(
+        listed = ", ".join(str(n) for n in seeds[:-1]) + f" and {seeds[-1]}"
+        assert f"at {step[32] * 1e3:.3g} ms, the mean of {len(seeds)} seeds' {listed})." in " ".join(
             data["rationale"]
         )
     if tuned:  # their mean over the seeds that reached it
@@ -611,3 +616,58 @@ def test_forecast_says_what_the_speedup_rests_on() -> None:
     assert one == [
         "That is 1.67x faster than the reference batch 32 (predicted: 100 steps at 10 ms, one seed's)."
     ]
+
+
+@pytest.mark.parametrize(
+    ("spent", "tried"),
+    [
+        # The advice may spend 5 reference runs (100 steps of 10 ms) + 10 s = 15 s. At 12.5 s: seed 2 at
+        # the chosen point (the mean of 30 and 40 steps, of 20 ms: 0.7 s; it takes 50, to 13.5 s), then at
+        # the reference (the mean of 100 and 140: 1.2 s, under 1.35; it takes 90, to 14.4 s); seed 3
+        # would pass 15 s at either (0.8 s, 1.1 s).
+        (12.5, [(0.2, 2, 70), (0.05, 2, 240)]),
+        # At 10 s: seed 2 at the chosen point (0.7 s, to 11 s), not at the reference (1.2 s > 1.1 s);
+        # seed 3 at the chosen point (the mean of 30, 40, 50: 0.8 s), not at the reference, whose
+        # seed 2 is missing.
+        (10.0, [(0.2, 2, 70), (0.2, 3, 80)]),
+        # Under 7 s spent, no run costs a tenth of it or less: none.
+        (6.9, []),
+    ],
+)
+def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
+    monkeypatch: pytest.MonkeyPatch, spent: float, tried: list
+) -> None:
+    """Seeds 2 and 3 at the chosen point and at the reference, each only at most CHEAP_SHARE of the
+    advice's cost so far and within the cost proportion; their steps join the speedup's means."""
+    import importlib
+
+    from batchlab.advise import _Budget, _cheap_seeds
+
+    advise_module = importlib.import_module("batchlab.advise")  # (the package's `advise` is the function)
+
+    workload, reference, _ = _digits_mlp_reference()
+    outcome = {(0.2, 2): 50, (0.05, 2): 90, (0.2, 3): 45, (0.05, 3): 100}
+    runs = _tuning_fake(monkeypatch, outcome)
+    clock = {"now": 1000.0 + spent}
+    run_seconds = {0.2: 0.02, 0.05: 0.01}  # a faked run advances the clock by its steps x step time
+
+    real_trained = advise_module._trained_on_seed
+
+    def trained(workload, batch_size, lr, seed, max_steps, device):  # type: ignore[no-untyped-def]
+        m = real_trained(workload, batch_size, lr, seed, max_steps, device)
+        clock["now"] += (m.steps_to_target or max_steps) * run_seconds[round(lr, 4)]
+        return m
+
+    monkeypatch.setattr(advise_module, "_trained_on_seed", trained)
+    monkeypatch.setattr(advise_module.time, "perf_counter", lambda: clock["now"])
+    budget = _Budget(None)
+    budget.start = 1000.0
+    checks = [
+        dataclasses.replace(reference, batch_size=256, lr=0.2, steps_to_target=30),
+        dataclasses.replace(reference, batch_size=256, lr=0.2, steps_to_target=40),
+        dataclasses.replace(reference, lr=0.05, steps_to_target=140),
+    ]
+    timing = _timed({256: 0.02, 32: 0.01})
+    added = _cheap_seeds(workload, (256, 0.2), reference, checks, timing, "cpu", budget, print)
+    assert runs == tried
+    assert [m.steps_to_target for m in added] == [outcome[(lr, seed)] for lr, seed, _ in tried]
