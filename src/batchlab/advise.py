@@ -318,21 +318,20 @@ def advise(
         say,
         reference_run=_measured(reference_run, workload.batch_size),
     )
-    timing = _side_by_side(workload, chosen_size, device, say) if best and budget.left() > 0 else None
-    if best is not None and chosen_size != workload.batch_size:
-        lr_checks += _reference_seed(
-            workload, reference_run, lr_checks, timing or throughput, device, budget, limitations, say
-        )
-        lr_checks += _cheap_seeds(
+    timing = None
+    if best is not None and budget.left() > 0:
+        timing, more = _speedup_evidence(
             workload,
             (chosen_size, chosen_lr),
             reference_run,
             lr_checks,
-            timing or throughput,
+            throughput,
             device,
             budget,
+            limitations,
             say,
         )
+        lr_checks += more
     measured: list[Measured] = []
     measured_speedup = None
     if validate and best is not None:
@@ -404,15 +403,35 @@ def advise(
     )
 
 
+def _speedup_evidence(
+    workload: Workload,
+    chosen: tuple[int, float],
+    reference_run: TrainResult,
+    lr_checks: list[Measured],
+    throughput: ThroughputProfile,
+    device: str | torch.device,
+    budget: _Budget,
+    limitations: list[str],
+    say: Progress,
+) -> tuple[ThroughputProfile | None, list[Measured]]:
+    """What the speedup rests on beyond the tuning runs, where the batch moved: the two batches timed
+    again side by side, and the further seeds of both points the advice can afford."""
+    if chosen[0] == workload.batch_size:
+        return None, []
+    timing = _side_by_side(workload, chosen[0], device, say)
+    steps = timing or throughput
+    more = _reference_seed(workload, reference_run, lr_checks, steps, device, budget, limitations, say)
+    more += _cheap_seeds(workload, chosen, reference_run, lr_checks + more, steps, device, budget, say)
+    return timing, more
+
+
 def _side_by_side(
     workload: Workload, chosen_size: int, device: str | torch.device, say: Progress
-) -> ThroughputProfile | None:
+) -> ThroughputProfile:
     """The chosen batch and the reference batch timed again, SIDE_BY_SIDE_REPEATS blocks each in
     interleaved rounds, for the speedup: the profile's three blocks a batch put tabular-adam's step
     at 1536 over its step at 32 at 1.66 in one run and 2.3-2.9 in others (two 9-block timings of
-    charlm's 12 and 32 spread 3% against 9% for 3 blocks). Nothing to time at the reference batch."""
-    if chosen_size == workload.batch_size:
-        return None
+    charlm's 12 and 32 spread 3% against 9% for 3 blocks)."""
     say(f"timing: batch {chosen_size} beside the reference batch {workload.batch_size}, for the speedup")
     return profile_throughput(
         workload,
