@@ -229,11 +229,15 @@ class _Budget:
             self.phases[self._phase] = self.phases.get(self._phase, 0.0) + now - self._since
         self._phase, self._since = phase, now
 
+    def spent(self) -> float:
+        """Seconds since the start; rank 0's under torchrun, so that every rank decides alike."""
+        return float(_dist.broadcast(time.perf_counter() - self.start))
+
     def left(self) -> float:
         """Rank 0's reading under torchrun, so that every rank stops at the same point."""
         if self.seconds is None:
             return math.inf
-        return float(_dist.broadcast(self.seconds - (time.perf_counter() - self.start)))
+        return self.seconds - self.spent()
 
 
 def advise(
@@ -464,8 +468,7 @@ def _reference_seed(
     if any(m.batch_size == workload.batch_size and math.isclose(m.lr, workload.lr) for m in lr_checks):
         return []  # a tuning run already trained the reference point on another seed
     run_seconds = steps * step
-    spent = float(_dist.broadcast(time.perf_counter() - budget.start))  # rank 0's: every rank decides alike
-    if spent + run_seconds > REFERENCE_RUNS * run_seconds + EXTRA_SECONDS or budget.left() < run_seconds:
+    if budget.spent() + run_seconds > _allowed(run_seconds) or budget.left() < run_seconds:
         limitations.append(
             f"the reference's steps to target ({steps}) are one seed's: a second seed (about "
             f"{run_seconds:.2g} s of training) would take the advice past {REFERENCE_RUNS} reference runs "
@@ -502,7 +505,7 @@ def _cheap_seeds(
     ref_steps, ref_step = reference_run.steps_to_target, timing.step_seconds(workload.batch_size)
     if ref_steps is None or ref_step is None:
         return []
-    allowed = REFERENCE_RUNS * ref_steps * ref_step + EXTRA_SECONDS
+    allowed = _allowed(ref_steps * ref_step)
     added: list[Measured] = []
     for seed in EXTRA_SEEDS:
         for batch_size, lr in (chosen, (workload.batch_size, workload.lr)):
@@ -515,12 +518,18 @@ def _cheap_seeds(
                 continue
             steps = sum(reached) / len(reached)
             cost = steps * step
-            spent = float(_dist.broadcast(time.perf_counter() - budget.start))  # rank 0's, on every rank
+            spent = budget.spent()
             if cost > CHEAP_SHARE * spent or spent + cost > allowed or budget.left() < cost:
                 continue
             say(f"reference: batch {batch_size} at lr {lr:.3g} on seed {seed}, for the speedup")
             added.append(_trained_on_seed(workload, batch_size, lr, seed, math.ceil(2 * steps), device))
     return added
+
+
+def _allowed(reference_run_seconds: float) -> float:
+    """What the advice may spend in all, in proportion to one reference run: REFERENCE_RUNS such runs
+    + EXTRA_SECONDS."""
+    return REFERENCE_RUNS * reference_run_seconds + EXTRA_SECONDS
 
 
 def _reference_on_seed_1(workload: Workload, max_steps: int, device: str | torch.device) -> Measured:
