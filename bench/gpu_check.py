@@ -87,8 +87,8 @@ def steps_at(workload: str, batch_size: int, limit: str, steps: int, device: str
     """`steps` training steps and an evaluation forward at `batch_size` in THIS process under
     `limit` (on CUDA, the per-process memory fraction): whether it fit, and the peak."""
     from batchlab import load_workload
-    from batchlab.memory import is_out_of_memory
-    from batchlab.train import fresh_model
+    from batchlab.measure.memory import is_out_of_memory
+    from batchlab.train.loop import fresh_model
 
     wl = load_workload(workload)
     dev = torch.device(device)
@@ -117,7 +117,7 @@ def steps_at(workload: str, batch_size: int, limit: str, steps: int, device: str
 
 def limit_this_process(limit: str, dev: torch.device) -> None:
     """The limit as CUDA's per-process memory fraction: allocations past it raise out-of-memory."""
-    from batchlab._units import parse_bytes
+    from batchlab.core.units import parse_bytes
 
     total = torch.cuda.get_device_properties(dev).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, parse_bytes(limit) / total), dev)
@@ -126,7 +126,7 @@ def limit_this_process(limit: str, dev: torch.device) -> None:
 def _batch(wl: Any, indices: list[int], dev: torch.device) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader, Subset
 
-    from batchlab._data import to_device
+    from batchlab.core.data import to_device
 
     x, y = next(iter(DataLoader(Subset(wl.train_data, indices), batch_size=len(indices))))
     return to_device(x, dev), to_device(y, dev)
@@ -208,7 +208,7 @@ def lightning_peer(workload: str, mode: str) -> dict[str, Any]:
     from lightning.pytorch.tuner import Tuner
 
     from batchlab import load_workload
-    from batchlab.train import fresh_model
+    from batchlab.train.loop import fresh_model
 
     wl = load_workload(workload)
     limit_this_process(LIMIT, torch.device("cuda", 0))

@@ -15,7 +15,7 @@ import torch
 from _common import write
 
 import batchlab
-from batchlab._device import clock
+from batchlab.core.device import clock
 
 BATCH = 64
 STEPS = {"digits-mlp": 1000, "charlm": 60}
@@ -52,7 +52,7 @@ def batchlab_loop(workload: batchlab.Workload, steps: int, device: torch.device)
 
 
 def main() -> None:
-    device = batchlab._device.resolve_device("auto")
+    device = batchlab.core.device.resolve_device("auto")
     rows, figures = [], {}
     for name, steps in STEPS.items():
         workload = batchlab.load_workload(name)

@@ -12,7 +12,7 @@ import time
 
 from _common import write
 
-from batchlab.memory import probe_memory
+from batchlab.measure.memory import probe_memory
 from batchlab.workloads import BUILTINS
 
 MiB = 1024**2

@@ -18,8 +18,8 @@ from _common import write
 from torch import nn
 
 import batchlab
-from batchlab._step import backward
-from batchlab.train import fresh_model
+from batchlab.core.step import backward
+from batchlab.train.loop import fresh_model
 
 STEPS, MICRO, K = 60, 16, 4
 ROOT = Path(__file__).parents[1]

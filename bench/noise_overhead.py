@@ -17,8 +17,8 @@ import torch
 from _common import write
 
 import batchlab
-from batchlab._step import backward
-from batchlab.train import fresh_model
+from batchlab.core.step import backward
+from batchlab.train.loop import fresh_model
 
 STEPS = {"digits-mlp": 1000, "charlm": 100}
 BATCH = 64

@@ -28,10 +28,10 @@ from typing import Any
 from _common import RESULTS, write
 
 import batchlab
-from batchlab.critical import VALIDATION_LENGTH, loss_difference, seed_summary
 from batchlab.lr import LrRule, scale_lr
 from batchlab.schedule import BatchSchedule, Phase
-from batchlab.study import run_study
+from batchlab.studies.critical import VALIDATION_LENGTH, loss_difference, seed_summary
+from batchlab.studies.study import run_study
 
 BENCH = Path(__file__).parent
 SEEDS = [0, 1, 2]

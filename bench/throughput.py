@@ -6,7 +6,7 @@ import time
 
 from _common import write
 
-from batchlab.throughput import profile_throughput
+from batchlab.measure.throughput import profile_throughput
 from batchlab.workloads import BUILTINS
 
 

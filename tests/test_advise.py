@@ -11,7 +11,7 @@ import pytest
 
 import batchlab
 from batchlab import load_workload
-from batchlab.advise import (
+from batchlab.advise.pipeline import (
     SIDE_BY_SIDE_REPEATS,
     Prediction,
     _past_any_win,
@@ -20,8 +20,8 @@ from batchlab.advise import (
     point_and_window_disagree,
     predict,
 )
-from batchlab.report import render_report
-from batchlab.throughput import ThroughputPoint, ThroughputProfile
+from batchlab.measure.throughput import ThroughputPoint, ThroughputProfile
+from batchlab.render.report import render_report
 
 from .helpers import invoke_json
 
@@ -245,9 +245,9 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
     """Two rates that both miss the target within the cap are not a gain: the search keeps the first."""
     import importlib
 
-    from batchlab.advise import tune_lr
+    from batchlab.advise.pipeline import tune_lr
 
-    record_module = importlib.import_module("batchlab._record")  # where tuning runs are trained
+    record_module = importlib.import_module("batchlab.train.record")  # where tuning runs are trained
 
     calls: list[float] = []
 
@@ -274,9 +274,9 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
     before that), and missing there ends the search at 0.1."""
     import importlib
 
-    from batchlab.advise import tune_lr
+    from batchlab.advise.pipeline import tune_lr
 
-    record_module = importlib.import_module("batchlab._record")
+    record_module = importlib.import_module("batchlab.train.record")
     limits: dict[float, list[int]] = {}
 
     class Run:
@@ -301,7 +301,7 @@ def _tuning_fake(monkeypatch: pytest.MonkeyPatch, outcome: dict[tuple[float, int
     when that is past their step limit; returns the (lr, seed, limit) of each run, in order."""
     import importlib
 
-    record_module = importlib.import_module("batchlab._record")  # where tuning runs are trained
+    record_module = importlib.import_module("batchlab.train.record")  # where tuning runs are trained
     tried: list[tuple[float, int, int]] = []
 
     class Run:
@@ -336,7 +336,7 @@ def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on
     so at most 76 steps, on the evaluation grid): diverging at 0.4 backs the search off to 0.2;
     0.4 in 70 keeps it, 0.2 taking 85; 0.4 in 75 (0.2 must beat 83.3) does not, 0.2 in 80 being
     within 10%. The rule rate 0.1, the slowest, is never trained."""
-    from batchlab.advise import tune_lr
+    from batchlab.advise.pipeline import tune_lr
 
     outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 80, (0.4, 1): seed1_at_top}
     tried = _tuning_fake(monkeypatch, outcome)
@@ -353,7 +353,7 @@ def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_p
     """0.2 takes 80 steps, 0.4 misses within 72: the search halves to 0.1, which takes over only if
     it reaches the target in fewer than 80 / 0.9 steps (at most 88). In 85 it does, and seed 1
     checks it alone; in 95 it does not, and seed 1 checks the doubling from it to 0.2."""
-    from batchlab.advise import tune_lr
+    from batchlab.advise.pipeline import tune_lr
 
     outcome = {(0.2, 0): 80, (0.4, 0): 75, (0.1, 0): seed0_at_low, (0.1, 1): seed0_at_low, (0.2, 1): 80}
     tried = _tuning_fake(monkeypatch, outcome)
@@ -382,7 +382,7 @@ def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diver
     grid): diverging there, or missing (95), leaves 0.2, which seed 1 then checks alone; 80 keeps
     it, and seed 1 trains it, then 0.2 only until the step up has surely paid (fewer than 80 / 0.9,
     at most 88 steps)."""
-    from batchlab.advise import tune_lr
+    from batchlab.advise.pipeline import tune_lr
 
     outcome = {(0.4, 0): None, (0.2, 0): 100, (0.2828, 0): between, (0.2, 1): 100, (0.2828, 1): 80}
     tried = _tuning_fake(monkeypatch, outcome)
@@ -399,7 +399,7 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
     it in fewer than steps / 0.9: 0.05 in 85 (< 111.1), 0.025 in 80 (< 94.4), as far as two
     halvings go (each cap on the evaluation grid: 88, 108, 92); seed 1 confirms 0.025 within the
     whole limit."""
-    from batchlab.advise import Measured, tune_lr
+    from batchlab.advise.pipeline import Measured, tune_lr
 
     reference = Measured(
         batch_size=64, lr=0.1, reached_target=True, steps_to_target=100, seconds_to_target=1.0, diverged=False
@@ -415,7 +415,7 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
 def _digits_mlp_reference():  # type: ignore[no-untyped-def]
     """digits-mlp's reference point (batch 32 at lr 0.05): its run (seed 0, 100 steps) and its
     prediction (100 steps of 10 ms)."""
-    from batchlab.advise import Measured, Prediction
+    from batchlab.advise.pipeline import Measured, Prediction
 
     reference = Measured(
         batch_size=32,
@@ -436,7 +436,7 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
     within 94 (caps on the evaluation grid: 88, 108, 92). Each run may take twice the reference's steps
     (200). Seed 1 diverges at 0.025 and misses at 0.0125: no rate but the reference's has reached the
     target on both seeds, so the advice keeps the reference rate, and says why."""
-    from batchlab.advise import _Budget, _tune_reference_rate
+    from batchlab.advise.pipeline import _Budget, _tune_reference_rate
 
     workload, reference, best = _digits_mlp_reference()
     outcome = {(0.1, 0): 95, (0.025, 0): 85, (0.0125, 0): 100, (0.025, 1): None, (0.0125, 1): 300}
@@ -459,8 +459,8 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
     seed 1 reaches at 0.025 (90) and 0.0125 cannot take over there (300): the answer is 0.025. The
     reference rate then trains on seed 1 too (140 steps), and the speedup compares the means of two
     seeds each: (100 + 140) / 2 = 120 reference steps against (85 + 90) / 2 = 87.5, both at 10 ms."""
-    from batchlab.advise import _Budget, _predicted, _tune_reference_rate
-    from batchlab.train import last_eval_at
+    from batchlab.advise.pipeline import _Budget, _predicted, _tune_reference_rate
+    from batchlab.train.loop import last_eval_at
 
     workload, reference, best = _digits_mlp_reference()
     outcome = {
@@ -491,7 +491,7 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     """100 predicted steps of 10 ms: a tuning run may take 200 steps, or only the 80 that the
     reference's 0.8 s buys; never fewer than LR_CHECK_STEPS."""
-    from batchlab.advise import LR_CHECK_STEPS, Prediction, _tuning_steps
+    from batchlab.advise.pipeline import LR_CHECK_STEPS, Prediction, _tuning_steps
 
     def at(b: int, steps: float, step_seconds: float) -> Prediction:
         return Prediction(
@@ -571,7 +571,7 @@ def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
     """Seed 1 of the reference point joins the speedup's reference steps only within the advice's cost
     in proportion to one reference run (REFERENCE_RUNS runs + EXTRA_SECONDS); else the limitation
     says the speedup rests on one seed."""
-    from batchlab.advise import _Budget, _predicted, _reference_seed
+    from batchlab.advise.pipeline import _Budget, _predicted, _reference_seed
 
     workload, reference, best = _digits_mlp_reference()
     runs = _tuning_fake(monkeypatch, {(0.05, 1): 140})
@@ -595,7 +595,7 @@ def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
 
 def test_forecast_says_what_the_speedup_rests_on() -> None:
     """The rationale's speedup line names the reference's steps, their step time and their seeds."""
-    from batchlab.advise import _Forecast, _forecast_lines
+    from batchlab.advise.pipeline import _Forecast, _forecast_lines
 
     workload = _digits_mlp_reference()[0]
     chosen = Prediction(batch_size=256, lr=0.2, steps_to_target=30, step_seconds=0.03, seconds_to_target=0.9)
@@ -641,9 +641,11 @@ def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
     advice's cost so far and within the cost proportion; their steps join the speedup's means."""
     import importlib
 
-    from batchlab.advise import _Budget, _cheap_seeds
+    from batchlab.advise.pipeline import _Budget, _cheap_seeds
 
-    advise_module = importlib.import_module("batchlab.advise")  # (the package's `advise` is the function)
+    advise_module = importlib.import_module(
+        "batchlab.advise.pipeline"
+    )  # (the package's `advise` is the function)
 
     workload, reference, _ = _digits_mlp_reference()
     outcome = {(0.2, 2): 50, (0.05, 2): 90, (0.2, 3): 45, (0.05, 3): 100}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchlab.store import Store
+from batchlab.core.store import Store
 
 from .helpers import assert_one_line_error, invoke, invoke_json
 

@@ -17,12 +17,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from batchlab import BatchlabError, Target, Workload
-from batchlab.critical import BRANCH_EVALS, SMOOTHING, critical_from_branches
+from batchlab.core.store import Store
 from batchlab.lr import scale_lr
 from batchlab.schedule import BatchSchedule
-from batchlab.store import Store
-from batchlab.study import run_study
-from batchlab.train import train
+from batchlab.studies.critical import BRANCH_EVALS, SMOOTHING, critical_from_branches
+from batchlab.studies.study import run_study
+from batchlab.train.loop import train
 from batchlab.workloads import linreg
 
 from .helpers import assert_one_line_error, invoke, invoke_json
@@ -94,7 +94,7 @@ def test_a_branch_on_another_data_order_draws_its_batches_from_that_seed(tmp_pat
     offset: the first batch after the checkpoint is order[offset : offset + B] of that permutation,
     so its mini-batch loss at the checkpoint's parameters is known exactly; the same seed repeats
     the run, the checkpoint's own order gives another batch."""
-    from batchlab.train import fresh_model
+    from batchlab.train.loop import fresh_model
 
     wl = linreg.workload()
     saved = train(wl, batch_size=8, max_steps=10, checkpoint_at=[10], checkpoint_dir=tmp_path)
@@ -222,7 +222,7 @@ def test_the_reference_rate_is_tuned_up_where_the_workloads_rate_is_too_low(tmp_
     ~40 steps and the loss wanders around the target by as much, so one seed's count moves by ~10%
     plus the 1/16 resolution: the bound is on both seeds' steps together, 0.5 within 0.1 / +0.15.
     A given rate is used as it is; without tuning, the rule scales the workload's rate."""
-    from batchlab.critical import reference_rate
+    from batchlab.studies.critical import reference_rate
 
     wl = linreg.workload()
     with Store(tmp_path / "results.db") as store:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchlab import ConfigError
-from batchlab.emit import Emit, render, trainer_settings
+from batchlab.render.emit import Emit, render, trainer_settings
 
 from .helpers import invoke
 

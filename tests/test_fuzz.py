@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from batchlab import _guard
-from batchlab.cli import DEBUG, app
+from batchlab.cli.commands import DEBUG, app
+from batchlab.core import guard as _guard
 
 ALARM_SECONDS = 1.5
 CASES_PER_COMMAND = int(os.environ.get("BATCHLAB_FUZZ_CASES", "30"))  # more: a longer hunt

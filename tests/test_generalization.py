@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from batchlab import Target, Workload, load_workload, train
-from batchlab.generalization import GhostBatchNorm, epsilon_sharpness, sharpness, use_ghost_batch_norm
+from batchlab.ghost_bn import GhostBatchNorm, use_ghost_batch_norm
+from batchlab.sharpness import epsilon_sharpness, sharpness
 
 
 def test_ghost_batch_norm_with_the_whole_batch_is_batch_norm() -> None:

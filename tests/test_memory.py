@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchlab import WorkloadError
-from batchlab.memory import (
+from batchlab.measure.memory import (
     MemoryTrial,
     Pace,
     TrialPlan,

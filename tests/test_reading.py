@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from batchlab import cli
-from batchlab._units import format_number
-from batchlab.plots import memory_scale
-from batchlab.report import render_report
+from batchlab.cli import commands as cli
+from batchlab.core.units import format_number
+from batchlab.render.plots import memory_scale
+from batchlab.render.report import render_report
 
 MiB = 1024**2
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from batchlab.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreError
+from batchlab.core.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreError
 
 from .helpers import assert_one_line_error, invoke
 

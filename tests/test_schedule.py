@@ -143,7 +143,7 @@ def test_ghost_batch_norm_through_train() -> None:
 
 
 def test_train_measures_the_final_sharpness() -> None:
-    from batchlab.generalization import sharpness
+    from batchlab.sharpness import sharpness
 
     run = train("digits-mlp", batch_size=64, max_steps=60, sharpness=True, keep_model=True, device="cpu")
     assert run.sharpness is not None and run.model is not None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchlab import load_workload
-from batchlab._record import recorded_train, run_config
-from batchlab.store import Store, run_key
+from batchlab.core.store import Store, run_key
+from batchlab.train.record import recorded_train, run_config
 
 
 def test_run_key_is_stable_and_sensitive() -> None:

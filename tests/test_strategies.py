@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchlab import ConfigError, load_workload, strategies, train
-from batchlab.memory import TrialPlan, TrialServer
+from batchlab import ConfigError, load_workload, train
+from batchlab.measure import strategies
+from batchlab.measure.memory import TrialPlan, TrialServer
 
 DATA = Path(__file__).parent / "data" / "memory_workloads.py"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchlab.store import Store
-from batchlab.sweep import fit_tradeoff, run_sweep
+from batchlab.core.store import Store
+from batchlab.studies.sweep import fit_tradeoff, run_sweep
 
 from .helpers import invoke_json
 
@@ -162,7 +162,7 @@ def test_the_steps_plot_of_a_sweep_where_nothing_reached_the_target_says_so_with
     in words that no run got there, and is still a PNG."""
     import warnings
 
-    from batchlab import plots
+    from batchlab.render import plots
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

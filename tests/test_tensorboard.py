@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchlab import cli
+from batchlab.cli import commands as cli
 
 from .helpers import assert_one_line_error, invoke
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from batchlab import Target, Workload
-from batchlab.throughput import (
+from batchlab.measure.throughput import (
     ThroughputPoint,
     ThroughputProfile,
     default_batch_sizes,

@@ -1,3 +1,3 @@
-from .cli import main
+from batchlab.cli.commands import main
 
 main()

@@ -12,7 +12,7 @@ import math
 from enum import Enum
 from typing import Any
 
-from ._errors import bad
+from batchlab.errors import bad
 
 
 class LrRule(str, Enum):

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from ._data import epoch_spans
-from ._errors import bad
-from .lr import LrRule, as_rule, scale_lr
+from batchlab.core.data import epoch_spans
+from batchlab.errors import bad
+from batchlab.lr import LrRule, as_rule, scale_lr
 
 
 class ScheduleMode(str, Enum):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._errors import ConfigError, WorkloadError, bad
+from batchlab.errors import ConfigError, WorkloadError, bad
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 OptimizerFactory = Callable[[Any, float], torch.optim.Optimizer]
@@ -160,7 +160,7 @@ def load_workload(spec: str | Workload) -> Workload:
     """A built-in name, 'package.module:function' or 'path/to/file.py:function' -> a Workload."""
     if isinstance(spec, Workload):
         return spec
-    from .workloads import BUILTINS
+    from batchlab.workloads import BUILTINS
 
     if not isinstance(spec, str) or not spec.strip():
         raise WorkloadError(

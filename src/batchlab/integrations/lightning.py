@@ -19,8 +19,8 @@ from typing import Any
 import lightning.pytorch as pl  # the [lightning] extra
 import torch
 
-from ..monitor import NoiseMonitor, NoiseReading
-from ..workload import Target, Workload
+from batchlab.core.monitor import NoiseMonitor, NoiseReading
+from batchlab.workload import Target, Workload
 
 
 class NoiseScaleCallback(pl.Callback):  # type: ignore[misc]

@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback  # the [hf] extra
 
-from ..monitor import NoiseMonitor, NoiseReading
+from batchlab.core.monitor import NoiseMonitor, NoiseReading
 
 
 class NoiseScaleCallback(TrainerCallback):  # type: ignore[misc]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..workload import Workload
-from . import charlm, digits, linreg
+from batchlab.workload import Workload
+from batchlab.workloads import charlm, digits, linreg
 
 
 class Builtin(NamedTuple):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..workload import Target, Workload
+from batchlab.workload import Target, Workload
 
 CONTEXT = 64
 EVAL_WINDOWS = 128

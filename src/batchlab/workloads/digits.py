@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..workload import Target, Workload
+from batchlab.workload import Target, Workload
 
 EVAL_FRACTION = 0.2
 

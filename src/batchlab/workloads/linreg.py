@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..workload import Target, Workload
+from batchlab.workload import Target, Workload
 
 DIM = 16
 NOISE_STD = 1.0

@@ -1,0 +1,1 @@
+"""The advice: which batch size and learning rate, predicted from measurements."""

@@ -1,0 +1,1 @@
+"""Measurements of a workload on this device: memory, throughput, gradient noise."""

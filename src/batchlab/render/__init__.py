@@ -1,0 +1,1 @@
+"""What a person reads: tables, the HTML report, plots, trainer settings."""

@@ -1,0 +1,1 @@
+"""Sweeps and studies: the folklore of batch sizes tested on your model."""
