@@ -15,14 +15,14 @@ demo: $(STAMP)
 	$(BIN)/batchlab advise --out demo-out
 
 # Two test processes: a CI machine has two cores, and each test keeps torch to one thread.
-test: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy src
+test: lint
 	$(BIN)/python -m pytest -n 2
 
+# The layers (pyproject's [tool.importlinter]): an upward import or a cycle fails here.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

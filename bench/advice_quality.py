@@ -32,9 +32,10 @@ from pathlib import Path
 from _common import RESULTS, write
 
 import batchlab
-from batchlab.advise.pipeline import advise, is_adaptive
+from batchlab.advise.pipeline import advise
+from batchlab.lr import is_adaptive
 from batchlab.measure.throughput import ThroughputProfile
-from batchlab.train.loop import CURVE_VERSION
+from batchlab.train.result import CURVE_VERSION
 
 BENCH = Path(__file__).parent
 # name: (workload spec, oracle batch sizes)

@@ -87,8 +87,8 @@ def steps_at(workload: str, batch_size: int, limit: str, steps: int, device: str
     """`steps` training steps and an evaluation forward at `batch_size` in THIS process under
     `limit` (on CUDA, the per-process memory fraction): whether it fit, and the peak."""
     from batchlab import load_workload
-    from batchlab.measure.memory import is_out_of_memory
-    from batchlab.train.loop import fresh_model
+    from batchlab.core.device import is_out_of_memory
+    from batchlab.train.model import fresh_model
 
     wl = load_workload(workload)
     dev = torch.device(device)
@@ -208,7 +208,7 @@ def lightning_peer(workload: str, mode: str) -> dict[str, Any]:
     from lightning.pytorch.tuner import Tuner
 
     from batchlab import load_workload
-    from batchlab.train.loop import fresh_model
+    from batchlab.train.model import fresh_model
 
     wl = load_workload(workload)
     limit_this_process(LIMIT, torch.device("cuda", 0))

@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 def worker() -> None:
     import batchlab
     from batchlab.core.step import backward
-    from batchlab.train.loop import fresh_model
+    from batchlab.train.model import fresh_model
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from torch import nn
 
 import batchlab
 from batchlab.core.step import backward
-from batchlab.train.loop import fresh_model
+from batchlab.train.model import fresh_model
 
 STEPS, MICRO, K = 60, 16, 4
 ROOT = Path(__file__).parents[1]

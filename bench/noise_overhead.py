@@ -18,7 +18,7 @@ from _common import write
 
 import batchlab
 from batchlab.core.step import backward
-from batchlab.train.loop import fresh_model
+from batchlab.train.model import fresh_model
 
 STEPS = {"digits-mlp": 1000, "charlm": 100}
 BATCH = 64

@@ -29,9 +29,10 @@ from _common import RESULTS, write
 
 import batchlab
 from batchlab.lr import LrRule, scale_lr
+from batchlab.measure.critical_batch import VALIDATION_LENGTH
 from batchlab.schedule import BatchSchedule, Phase
-from batchlab.studies.critical import VALIDATION_LENGTH, loss_difference, seed_summary
-from batchlab.studies.study import run_study
+from batchlab.studies.critical import loss_difference, seed_summary
+from batchlab.studies.run import run_study
 
 BENCH = Path(__file__).parent
 SEEDS = [0, 1, 2]

@@ -7,7 +7,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from batchlab.cli.commands import app
+from batchlab.cli import app
 
 
 def invoke(*args: str) -> Any:

@@ -11,15 +11,10 @@ import pytest
 
 import batchlab
 from batchlab import load_workload
-from batchlab.advise.pipeline import (
-    SIDE_BY_SIDE_REPEATS,
-    Prediction,
-    _past_any_win,
-    candidate_sizes,
-    lr_for,
-    point_and_window_disagree,
-    predict,
-)
+from batchlab.advise.evidence import SIDE_BY_SIDE_REPEATS
+from batchlab.advise.model import candidate_sizes, point_and_window_disagree, predict, throughput_stop
+from batchlab.advise.result import Prediction
+from batchlab.lr import lr_for
 from batchlab.measure.throughput import ThroughputPoint, ThroughputProfile
 from batchlab.render.report import render_report
 
@@ -218,7 +213,7 @@ def test_the_profile_stops_where_no_larger_batch_can_win(reference: int, stops_a
     (200 steps x 18 ms). S_min steps cost 4.2 s at 32 (under 1.5 x 3.6 = 5.4) and 7.4 s at 64 (over):
     the profile stops at 64, and never before the reference batch, whose prediction the speedup needs."""
     workload = dataclasses.replace(load_workload("digits-mlp"), batch_size=reference)
-    stop = _past_any_win(workload, s_min=100.0, b_noise=8.0)
+    stop = throughput_stop(workload, s_min=100.0, b_noise=8.0)
     points = [
         ThroughputPoint(
             batch_size=b,
@@ -245,7 +240,7 @@ def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -
     """Two rates that both miss the target within the cap are not a gain: the search keeps the first."""
     import importlib
 
-    from batchlab.advise.pipeline import tune_lr
+    from batchlab.measure.lr_search import tune_lr
 
     record_module = importlib.import_module("batchlab.train.record")  # where tuning runs are trained
 
@@ -274,7 +269,7 @@ def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPa
     before that), and missing there ends the search at 0.1."""
     import importlib
 
-    from batchlab.advise.pipeline import tune_lr
+    from batchlab.measure.lr_search import tune_lr
 
     record_module = importlib.import_module("batchlab.train.record")
     limits: dict[float, list[int]] = {}
@@ -336,7 +331,7 @@ def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on
     so at most 76 steps, on the evaluation grid): diverging at 0.4 backs the search off to 0.2;
     0.4 in 70 keeps it, 0.2 taking 85; 0.4 in 75 (0.2 must beat 83.3) does not, 0.2 in 80 being
     within 10%. The rule rate 0.1, the slowest, is never trained."""
-    from batchlab.advise.pipeline import tune_lr
+    from batchlab.measure.lr_search import tune_lr
 
     outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 80, (0.4, 1): seed1_at_top}
     tried = _tuning_fake(monkeypatch, outcome)
@@ -353,7 +348,7 @@ def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_p
     """0.2 takes 80 steps, 0.4 misses within 72: the search halves to 0.1, which takes over only if
     it reaches the target in fewer than 80 / 0.9 steps (at most 88). In 85 it does, and seed 1
     checks it alone; in 95 it does not, and seed 1 checks the doubling from it to 0.2."""
-    from batchlab.advise.pipeline import tune_lr
+    from batchlab.measure.lr_search import tune_lr
 
     outcome = {(0.2, 0): 80, (0.4, 0): 75, (0.1, 0): seed0_at_low, (0.1, 1): seed0_at_low, (0.2, 1): 80}
     tried = _tuning_fake(monkeypatch, outcome)
@@ -382,7 +377,7 @@ def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diver
     grid): diverging there, or missing (95), leaves 0.2, which seed 1 then checks alone; 80 keeps
     it, and seed 1 trains it, then 0.2 only until the step up has surely paid (fewer than 80 / 0.9,
     at most 88 steps)."""
-    from batchlab.advise.pipeline import tune_lr
+    from batchlab.measure.lr_search import tune_lr
 
     outcome = {(0.4, 0): None, (0.2, 0): 100, (0.2828, 0): between, (0.2, 1): 100, (0.2828, 1): 80}
     tried = _tuning_fake(monkeypatch, outcome)
@@ -399,7 +394,7 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
     it in fewer than steps / 0.9: 0.05 in 85 (< 111.1), 0.025 in 80 (< 94.4), as far as two
     halvings go (each cap on the evaluation grid: 88, 108, 92); seed 1 confirms 0.025 within the
     whole limit."""
-    from batchlab.advise.pipeline import Measured, tune_lr
+    from batchlab.measure.lr_search import Measured, tune_lr
 
     reference = Measured(
         batch_size=64, lr=0.1, reached_target=True, steps_to_target=100, seconds_to_target=1.0, diverged=False
@@ -415,7 +410,8 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
 def _digits_mlp_reference():  # type: ignore[no-untyped-def]
     """digits-mlp's reference point (batch 32 at lr 0.05): its run (seed 0, 100 steps) and its
     prediction (100 steps of 10 ms)."""
-    from batchlab.advise.pipeline import Measured, Prediction
+    from batchlab.advise.result import Prediction
+    from batchlab.measure.lr_search import Measured
 
     reference = Measured(
         batch_size=32,
@@ -436,13 +432,14 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
     within 94 (caps on the evaluation grid: 88, 108, 92). Each run may take twice the reference's steps
     (200). Seed 1 diverges at 0.025 and misses at 0.0125: no rate but the reference's has reached the
     target on both seeds, so the advice keeps the reference rate, and says why."""
-    from batchlab.advise.pipeline import _Budget, _tune_reference_rate
+    from batchlab.advise.budget import Budget
+    from batchlab.advise.pipeline import tune_reference_rate
 
     workload, reference, best = _digits_mlp_reference()
     outcome = {(0.1, 0): 95, (0.025, 0): 85, (0.0125, 0): 100, (0.025, 1): None, (0.0125, 1): 300}
     tried = _tuning_fake(monkeypatch, outcome)
     limitations: list[str] = []
-    lr, checks = _tune_reference_rate(workload, best, reference, "cpu", _Budget(None), limitations, print)
+    lr, checks = tune_reference_rate(workload, best, reference, "cpu", Budget(None), limitations, print)
     assert lr == 0.05
     assert tried == [(0.1, 0, 88), (0.025, 0, 108), (0.0125, 0, 92), (0.025, 1, 200), (0.0125, 1, 200)]
     assert [m.lr for m in checks] == [0.1, 0.025, 0.0125, 0.025, 0.0125]
@@ -459,8 +456,10 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
     seed 1 reaches at 0.025 (90) and 0.0125 cannot take over there (300): the answer is 0.025. The
     reference rate then trains on seed 1 too (140 steps), and the speedup compares the means of two
     seeds each: (100 + 140) / 2 = 120 reference steps against (85 + 90) / 2 = 87.5, both at 10 ms."""
-    from batchlab.advise.pipeline import _Budget, _predicted, _tune_reference_rate
-    from batchlab.train.loop import last_eval_at
+    from batchlab.advise.budget import Budget
+    from batchlab.advise.model import forecast_speedup
+    from batchlab.advise.pipeline import tune_reference_rate
+    from batchlab.train.evaluation import last_eval_at
 
     workload, reference, best = _digits_mlp_reference()
     outcome = {
@@ -472,7 +471,7 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
         (0.05, 1): 140,
     }
     tried = _tuning_fake(monkeypatch, outcome)
-    lr, checks = _tune_reference_rate(workload, best, reference, "cpu", _Budget(None), [], print)
+    lr, checks = tune_reference_rate(workload, best, reference, "cpu", Budget(None), [], print)
     assert lr == 0.025
     assert tried == [
         (0.1, 0, 88),
@@ -482,7 +481,7 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
         (0.0125, 1, last_eval_at(99)),
         (0.05, 1, 200),
     ]
-    forecast = _predicted(best, checks, lr, best, workload)
+    forecast = forecast_speedup(best, checks, lr, best, workload)
     assert forecast.steps == pytest.approx(87.5) and forecast.seconds == pytest.approx(0.875)
     assert forecast.reference_steps == (100, 140)  # the reference run and the reference rate's seed 1
     assert forecast.speedup == pytest.approx(120 / 87.5)
@@ -491,7 +490,8 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
 def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
     """100 predicted steps of 10 ms: a tuning run may take 200 steps, or only the 80 that the
     reference's 0.8 s buys; never fewer than LR_CHECK_STEPS."""
-    from batchlab.advise.pipeline import LR_CHECK_STEPS, Prediction, _tuning_steps
+    from batchlab.advise.model import LR_CHECK_STEPS, tuning_steps
+    from batchlab.advise.result import Prediction
 
     def at(b: int, steps: float, step_seconds: float) -> Prediction:
         return Prediction(
@@ -503,9 +503,9 @@ def test_tuning_runs_stop_where_the_reference_is_faster() -> None:
         )
 
     best = at(64, 100, 0.01)
-    assert _tuning_steps(best, None) == 200
-    assert _tuning_steps(best, at(32, 400, 0.002)) == 80
-    assert _tuning_steps(best, at(32, 10, 0.001)) == LR_CHECK_STEPS
+    assert tuning_steps(best, None) == 200
+    assert tuning_steps(best, at(32, 400, 0.002)) == 80
+    assert tuning_steps(best, at(32, 10, 0.001)) == LR_CHECK_STEPS
 
 
 @pytest.mark.parametrize(
@@ -571,37 +571,40 @@ def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
     """Seed 1 of the reference point joins the speedup's reference steps only within the advice's cost
     in proportion to one reference run (REFERENCE_RUNS runs + EXTRA_SECONDS); else the limitation
     says the speedup rests on one seed."""
-    from batchlab.advise.pipeline import _Budget, _predicted, _reference_seed
+    from batchlab.advise.budget import Budget
+    from batchlab.advise.evidence import reference_seed
+    from batchlab.advise.model import forecast_speedup
 
     workload, reference, best = _digits_mlp_reference()
     runs = _tuning_fake(monkeypatch, {(0.05, 1): 140})
-    budget = _Budget(None if left is None else left + spent)
+    budget = Budget(None if left is None else left + spent)
     budget.start -= spent
     limitations: list[str] = []
     timing = _timed({256: 0.02, 32: 0.01})
-    checks = _reference_seed(workload, reference, [], timing, "cpu", budget, limitations, print)
+    checks = reference_seed(workload, reference, [], timing, "cpu", budget, limitations, print)
     assert runs == tried
     assert [m.steps_to_target for m in checks] == ([140] if tried else [])
     assert (said is None) == (not limitations) and all(said in line for line in limitations)
     # The speedup: the mean of the seeds' steps at the timed step, over the chosen batch's 30 steps of 20 ms.
     chosen = Prediction(batch_size=256, lr=0.2, steps_to_target=30, step_seconds=0.03, seconds_to_target=0.9)
-    forecast = _predicted(chosen, checks, 0.2, best, workload, timing)
+    forecast = forecast_speedup(chosen, checks, 0.2, best, workload, timing)
     assert forecast.reference_steps == ((100, 140) if tried else (100,))
     assert forecast.speedup == pytest.approx((120 if tried else 100) * 0.01 / (30 * 0.02))
     if tried:  # the reference point has its seed 1 now: asked again, nothing more is trained
-        assert _reference_seed(workload, reference, checks, timing, "cpu", _Budget(None), [], print) == []
+        assert reference_seed(workload, reference, checks, timing, "cpu", Budget(None), [], print) == []
         assert runs == tried
 
 
 def test_forecast_says_what_the_speedup_rests_on() -> None:
     """The rationale's speedup line names the reference's steps, their step time and their seeds."""
-    from batchlab.advise.pipeline import _Forecast, _forecast_lines
+    from batchlab.advise.model import Forecast
+    from batchlab.advise.rationale import forecast_lines
 
     workload = _digits_mlp_reference()[0]
     chosen = Prediction(batch_size=256, lr=0.2, steps_to_target=30, step_seconds=0.03, seconds_to_target=0.9)
-    two = _Forecast(24, 0.02, (100, 140), 0.01, (20, 28))
+    two = Forecast(24, 0.02, (100, 140), 0.01, (20, 28))
     assert two.speedup_range == pytest.approx((100 * 0.01 / (28 * 0.02), 140 * 0.01 / (20 * 0.02)))
-    assert _forecast_lines(workload, chosen, two) == [
+    assert forecast_lines(workload, chosen, two) == [
         "Tuning runs trained to the target at batch 256 in 24 steps (the mean of its seeds), so the "
         "prediction is 0.48 s (its steps timed again beside the reference's).",
         "That is 2.50x faster than the reference batch 32 (predicted: 120 steps at 10 ms, the mean of "
@@ -610,9 +613,9 @@ def test_forecast_says_what_the_speedup_rests_on() -> None:
         "fastest).",
     ]
     # One seed at the chosen point (the model's steps, or one tuning run): the reference's seeds alone.
-    assert _Forecast(24, 0.02, (100, 140), 0.01).speedup_range == pytest.approx((100 / 48, 140 / 48))
-    assert _Forecast(24, 0.02, (100,), 0.01, (24,)).speedup_range is None
-    one = _forecast_lines(workload, chosen, _Forecast(30, 0.02, (100,), 0.01))
+    assert Forecast(24, 0.02, (100, 140), 0.01).speedup_range == pytest.approx((100 / 48, 140 / 48))
+    assert Forecast(24, 0.02, (100,), 0.01, (24,)).speedup_range is None
+    one = forecast_lines(workload, chosen, Forecast(30, 0.02, (100,), 0.01))
     assert one == [
         "That is 1.67x faster than the reference batch 32 (predicted: 100 steps at 10 ms, one seed's)."
     ]
@@ -641,11 +644,12 @@ def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
     advice's cost so far and within the cost proportion; their steps join the speedup's means."""
     import importlib
 
-    from batchlab.advise.pipeline import _Budget, _cheap_seeds
+    from batchlab.advise.budget import Budget
+    from batchlab.advise.evidence import cheap_seeds
 
-    advise_module = importlib.import_module(
-        "batchlab.advise.pipeline"
-    )  # (the package's `advise` is the function)
+    import time
+
+    advise_module = importlib.import_module("batchlab.advise.evidence")
 
     workload, reference, _ = _digits_mlp_reference()
     outcome = {(0.2, 2): 50, (0.05, 2): 90, (0.2, 3): 45, (0.05, 3): 100}
@@ -653,16 +657,16 @@ def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
     clock = {"now": 1000.0 + spent}
     run_seconds = {0.2: 0.02, 0.05: 0.01}  # a faked run advances the clock by its steps x step time
 
-    real_trained = advise_module._trained_on_seed
+    real_trained = advise_module.trained_on_seed
 
     def trained(workload, batch_size, lr, seed, max_steps, device):  # type: ignore[no-untyped-def]
         m = real_trained(workload, batch_size, lr, seed, max_steps, device)
         clock["now"] += (m.steps_to_target or max_steps) * run_seconds[round(lr, 4)]
         return m
 
-    monkeypatch.setattr(advise_module, "_trained_on_seed", trained)
-    monkeypatch.setattr(advise_module.time, "perf_counter", lambda: clock["now"])
-    budget = _Budget(None)
+    monkeypatch.setattr(advise_module, "trained_on_seed", trained)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    budget = Budget(None)
     budget.start = 1000.0
     checks = [
         dataclasses.replace(reference, batch_size=256, lr=0.2, steps_to_target=30),
@@ -670,6 +674,6 @@ def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
         dataclasses.replace(reference, lr=0.05, steps_to_target=140),
     ]
     timing = _timed({256: 0.02, 32: 0.01})
-    added = _cheap_seeds(workload, (256, 0.2), reference, checks, timing, "cpu", budget, print)
+    added = cheap_seeds(workload, (256, 0.2), reference, checks, timing, "cpu", budget, print)
     assert runs == tried
     assert [m.steps_to_target for m in added] == [outcome[(lr, seed)] for lr, seed, _ in tried]

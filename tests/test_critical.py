@@ -19,9 +19,9 @@ from torch.utils.data import TensorDataset
 from batchlab import BatchlabError, Target, Workload
 from batchlab.core.store import Store
 from batchlab.lr import scale_lr
+from batchlab.measure.critical_batch import BRANCH_EVALS, SMOOTHING, critical_from_branches
 from batchlab.schedule import BatchSchedule
-from batchlab.studies.critical import BRANCH_EVALS, SMOOTHING, critical_from_branches
-from batchlab.studies.study import run_study
+from batchlab.studies.run import run_study
 from batchlab.train.loop import train
 from batchlab.workloads import linreg
 
@@ -94,7 +94,7 @@ def test_a_branch_on_another_data_order_draws_its_batches_from_that_seed(tmp_pat
     offset: the first batch after the checkpoint is order[offset : offset + B] of that permutation,
     so its mini-batch loss at the checkpoint's parameters is known exactly; the same seed repeats
     the run, the checkpoint's own order gives another batch."""
-    from batchlab.train.loop import fresh_model
+    from batchlab.train.model import fresh_model
 
     wl = linreg.workload()
     saved = train(wl, batch_size=8, max_steps=10, checkpoint_at=[10], checkpoint_dir=tmp_path)

@@ -152,7 +152,7 @@ def test_torchruns_stop_landing_while_a_lost_peer_is_described_still_ends_in_one
     whose handler raises RankStopped, lands while the guard is still classifying that failure. The
     signal's timing cannot be produced on demand, so the handler's raise is placed exactly there
     (inside `lost_peer`); the rest is the real guard. One line, exit 2, no traceback."""
-    from batchlab.cli import commands as cli
+    from batchlab.cli import shell as cli
     from batchlab.core import dist as _dist
 
     def lands_here(error: BaseException) -> bool:

@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from batchlab.cli.commands import DEBUG, app
+from batchlab.cli import app
+from batchlab.cli.shell import DEBUG
 from batchlab.core import guard as _guard
 
 ALARM_SECONDS = 1.5

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from batchlab import WorkloadError
-from batchlab.measure.memory import (
-    MemoryTrial,
-    Pace,
-    TrialPlan,
-    TrialServer,
-    fit_memory_model,
-    is_out_of_memory,
-    probe_memory,
-    search_max_batch,
-)
+from batchlab.core.device import is_out_of_memory
+from batchlab.measure.memory import Pace, fit_memory_model, probe_memory, search_max_batch
+from batchlab.measure.memory_trial import MemoryTrial, TrialPlan, TrialServer
 
 DATA = Path(__file__).parent / "data" / "memory_workloads.py"
 MiB = 1024**2

@@ -13,7 +13,7 @@ from batchlab.core import noise_estimator as est
 from batchlab.core.monitor import NoiseMonitor, split_loss
 from batchlab.core.step import backward
 from batchlab.measure.noise import EARLY_STOP_MIN, exact_noise_scale, measure_noise, noise_at_parameters
-from batchlab.train.loop import fresh_model
+from batchlab.train.model import fresh_model
 from batchlab.workloads import linreg
 
 from .helpers import invoke_json

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from batchlab.cli import commands as cli
 from batchlab.core.units import format_number
 from batchlab.render.plots import memory_scale
 from batchlab.render.report import render_report
+from batchlab.render.tables import advice_table, render
 
 MiB = 1024**2
 
@@ -92,7 +92,7 @@ def test_the_advice_rationale_reads_from_the_left(capsys: pytest.CaptureFixture[
         "rationale": ["Short line one.", "Short line two."],
         "limitations": [],
     }
-    cli.render(cli.advice_table(data))
+    render(advice_table(data))
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("Short line one.") for line in lines), lines
     assert any(line.startswith("Short line two.") for line in lines), lines

@@ -9,7 +9,7 @@ import torch
 
 from batchlab import ConfigError, load_workload, train
 from batchlab.measure import strategies
-from batchlab.measure.memory import TrialPlan, TrialServer
+from batchlab.measure.memory_trial import TrialPlan, TrialServer
 
 DATA = Path(__file__).parent / "data" / "memory_workloads.py"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchlab import load_workload
-from batchlab.studies.study import run_study
+from batchlab.studies.run import run_study
 
 from .helpers import assert_one_line_error, invoke, invoke_json
 

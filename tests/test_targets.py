@@ -12,7 +12,7 @@ import pytest
 
 from batchlab import load_workload, train
 from batchlab.studies.sweep import ONE_SEED_NOTE, SweepRun, best_per_batch, run_sweep
-from batchlab.train.loop import TRAIN_SAMPLE
+from batchlab.train.evaluation import TRAIN_SAMPLE
 
 TANH = str(Path(__file__).parents[1] / "bench" / "workloads.py") + ":digits_tanh"
 

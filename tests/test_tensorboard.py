@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchlab.cli import commands as cli
+from batchlab.integrations.tensorboard import advice_series
 
 from .helpers import assert_one_line_error, invoke
 
@@ -59,7 +59,7 @@ def test_the_advice_series() -> None:
         },
         "predictions": [{"batch_size": 8, "steps_to_target": 100.0, "seconds_to_target": 0.5}],
     }
-    series = cli.advice_series(data)
+    series = advice_series(data)
     assert series["b_simple"] == [(5, 40.0)]
     assert series["train_loss"] == [(0, 2.0), (5, 1.0)]
     assert series["predicted_seconds_to_target_by_batch"] == [(8, 0.5)]

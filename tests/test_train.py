@@ -15,7 +15,8 @@ from batchlab import ConfigError, LrRule, load_workload, scale_lr, train
 from batchlab.core.data import DeviceData
 from batchlab.core.step import backward
 from batchlab.lr import warmup_factor
-from batchlab.train.loop import DIVERGENCE_FACTOR, auto_check, auto_eval, evaluate, fresh_model, last_eval_at
+from batchlab.train.evaluation import DIVERGENCE_FACTOR, auto_check, auto_eval, evaluate, last_eval_at
+from batchlab.train.model import fresh_model
 
 
 def _grads(model: torch.nn.Module) -> torch.Tensor:
@@ -261,7 +262,7 @@ def test_the_divergence_sample_is_no_larger_than_the_evaluation_set() -> None:
     """With an eval target, the train curve is scored on a fixed training sample of
     min(DIVERGENCE_SAMPLE, evaluation examples), never below DIVERGENCE_MIN; `final_gap=False`
     leaves the final train loss unmeasured. Checked against the loss scored directly on each sample."""
-    from batchlab.train.loop import DIVERGENCE_MIN, DIVERGENCE_SAMPLE, SAMPLE_SEED
+    from batchlab.train.evaluation import DIVERGENCE_MIN, DIVERGENCE_SAMPLE, SAMPLE_SEED
 
     base = load_workload("digits-mlp")
     assert base.target.metric.startswith("eval_")

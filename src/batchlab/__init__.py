@@ -1,21 +1,26 @@
 """batchlab: which batch size, and which learning rate to go with it, measured on your own workload."""
 
 from batchlab import _startup  # noqa: F401  (first: a Ctrl-C while torch is imported ends the command in one line)
-from batchlab.advise.pipeline import Advice, advise
+from batchlab.advise.pipeline import advise
+from batchlab.advise.result import Advice
 from batchlab.core.monitor import NoiseMonitor, NoiseReading
 from batchlab.core.store import Store
 from batchlab.errors import BatchlabError, ConfigError, WorkloadError
 from batchlab.ghost_bn import GhostBatchNorm, use_ghost_batch_norm
 from batchlab.lr import LrRule, scale_lr
-from batchlab.measure.memory import MemoryProfile, MemoryTrial, probe_memory
+from batchlab.measure.memory import MemoryProfile, probe_memory
+from batchlab.measure.memory_trial import MemoryTrial
 from batchlab.measure.noise import NoiseEstimate, measure_noise
 from batchlab.measure.throughput import ThroughputPoint, ThroughputProfile, profile_throughput
 from batchlab.schedule import BatchSchedule, Phase, ScheduledBatchSampler
 from batchlab.sharpness import Sharpness, epsilon_sharpness, sharpness
-from batchlab.studies.study import StudyResult, run_study
+from batchlab.studies.arms import StudyResult
+from batchlab.studies.run import run_study
 from batchlab.studies.sweep import SweepResult, TradeoffFit, fit_tradeoff, run_sweep
-from batchlab.train.loop import CurvePoint, TrainResult, train
-from batchlab.workload import Target, Workload, load_workload
+from batchlab.train.loop import train
+from batchlab.train.result import CurvePoint, TrainResult
+from batchlab.workload import Target, Workload
+from batchlab.workloads import load_workload
 
 __all__ = [
     "Advice",

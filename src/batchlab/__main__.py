@@ -1,3 +1,3 @@
-from batchlab.cli.commands import main
+from batchlab.cli import main
 
 main()

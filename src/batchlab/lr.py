@@ -12,7 +12,10 @@ import math
 from enum import Enum
 from typing import Any
 
+import torch
+
 from batchlab.errors import bad
+from batchlab.workload import Workload
 
 
 class LrRule(str, Enum):
@@ -76,3 +79,39 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0 or step >= warmup_steps:
         return 1.0
     return (step + 1) / warmup_steps
+
+
+# The one place a batch change picks its rule ----------------------------------------------------
+
+
+def is_adaptive(workload: Workload) -> bool:
+    """Whether the workload's optimizer adapts per-parameter step sizes (Adam and relatives)."""
+    probe = workload.optimizer([torch.nn.Parameter(torch.zeros(1))], workload.lr)
+    return not isinstance(probe, torch.optim.SGD)
+
+
+def optimizer_rule(workload: Workload) -> LrRule:
+    """The rate of a k-times batch by the optimizer's own rule: k for SGD (Goyal et al.), sqrt(k)
+    for adaptive optimizers (Malladi et al.)."""
+    return LrRule.SQRT if is_adaptive(workload) else LrRule.LINEAR
+
+
+def advice_rule(workload: Workload, b_noise: float | None) -> LrRule:
+    """The noise-aware rule for SGD where B_noise is measured; else the square-root rule, the
+    cautious one (for adaptive optimizers, the rule itself)."""
+    if b_noise is not None and math.isfinite(b_noise) and b_noise > 0 and not is_adaptive(workload):
+        return LrRule.NOISE
+    return LrRule.SQRT
+
+
+def rate_for(workload: Workload, batch_size: int, rule: str | LrRule, b_noise: float | None = None) -> float:
+    """`rule`'s rate at `batch_size`, from the workload's reference point."""
+    return scale_lr(
+        rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=batch_size, b_noise=b_noise
+    )
+
+
+def lr_for(workload: Workload, batch_size: int, b_noise: float | None) -> tuple[float, LrRule]:
+    """The advice's rate at `batch_size` and the rule that gave it (`advice_rule`)."""
+    rule = advice_rule(workload, b_noise)
+    return rate_for(workload, batch_size, rule, b_noise), rule

@@ -45,7 +45,7 @@ def _batches(
     yield from DeviceData(workload.train_data, device).in_order(chunk, limit)
 
 
-def _mean_gradient(
+def mean_gradient(
     model: nn.Module, workload: Workload, batches: list[tuple[Any, Any]], create_graph: bool
 ) -> list[torch.Tensor]:
     """Gradient of the mean loss over all the batches (weighted by size)."""
@@ -90,7 +90,7 @@ def finite_difference_hvp(
             for p, s in zip(params, shift, strict=True):
                 p.add_(s)
         try:
-            return [g.detach() for g in _mean_gradient(model, workload, batches, create_graph=False)]
+            return [g.detach() for g in mean_gradient(model, workload, batches, create_graph=False)]
         finally:
             with torch.no_grad():
                 for p, s in zip(params, shift, strict=True):
@@ -203,7 +203,7 @@ def epsilon_sharpness(
             for p, r in zip(params, radius, strict=True):
                 p.add_((torch.rand(p.shape, generator=generator).to(p.device) - 0.5) * r)
         for _ in range(steps):
-            grads = _mean_gradient(model, workload, batches, create_graph=False)
+            grads = mean_gradient(model, workload, batches, create_graph=False)
             with torch.no_grad():
                 for p, g, o, r in zip(params, grads, origin, radius, strict=True):
                     p.add_(g.sign() * r / 4)
@@ -214,3 +214,22 @@ def epsilon_sharpness(
             for p, o in zip(params, origin, strict=True):
                 p.copy_(o)
     return 100 * (best - base) / (1 + base)
+
+
+def flat_mean_gradient(
+    model: torch.nn.Module, workload: Workload, batches: list[tuple[Any, Any]]
+) -> torch.Tensor:
+    """The mean-loss gradient over `batches`, flattened into one vector."""
+    return torch.cat([g.reshape(-1) for g in mean_gradient(model, workload, batches, create_graph=False)])
+
+
+SHARPNESS_EXAMPLES = 2048  # the fixed training sample a run's final sharpness is measured on
+
+
+def minimum_sharpness(model: nn.Module, workload: Workload) -> dict[str, Any]:
+    """What a run reports of the minimum it reached: the Hessian's top eigenvalue and epsilon-sharpness."""
+    top = sharpness(model, workload, method="auto", max_examples=SHARPNESS_EXAMPLES, tolerance=1e-3)
+    return {
+        **top.to_dict(),
+        "epsilon_sharpness": epsilon_sharpness(model, workload, max_examples=SHARPNESS_EXAMPLES),
+    }

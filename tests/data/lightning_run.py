@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from batchlab import Target, Workload, load_workload
 from batchlab.integrations import lightning as integration
 from batchlab.integrations.lightning import NoiseScaleCallback
-from batchlab.train.loop import fresh_model
+from batchlab.train.model import fresh_model
 
 MICRO = 16
 

@@ -1,4 +1,4 @@
-"""Which device to run on, and reading the clock honestly on it."""
+"""Which device to run on, reading the clock honestly on it, and knowing its out-of-memory failures."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ def clock(device: torch.device) -> float:
     """Seconds on a monotonic clock, read after the device has finished its queue."""
     synchronize(device)
     return time.perf_counter()
+
+
+_OutOfMemory: tuple[type[BaseException], ...] = (MemoryError, torch.cuda.OutOfMemoryError)
+if hasattr(torch, "OutOfMemoryError"):
+    _OutOfMemory += (torch.OutOfMemoryError,)
+_OOM_MESSAGES = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "CUDA out of memory",
+    "MPS backend out of memory",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocator's out-of-memory failure (CUDA, CPU, MPS); False for anything else."""
+    if isinstance(error, _OutOfMemory):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _OOM_MESSAGES)

@@ -16,7 +16,8 @@ from torch import nn
 
 from batchlab.core.data import Batch
 from batchlab.core.precision import Amp
-from batchlab.workload import LossFn
+
+LossFn = Callable[[Any, Any], torch.Tensor]  # (model output, targets) -> mean loss over the batch
 
 
 def split(batch: Batch, parts: int) -> list[Batch]:

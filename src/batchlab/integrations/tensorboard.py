@@ -88,3 +88,19 @@ def _finite(value: Any) -> bool:
 def _safe(label: str) -> str:
     """A run's label as a folder name: letters, digits, '.', '_', '-', '=' kept; the rest '_'."""
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_") or "run"
+
+
+def advice_series(data: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """The advice's measurements as series: the reference run's noise history against its steps,
+    and the predicted time to target against the batch size (TensorBoard's step axis)."""
+    history = (data.get("noise") or {}).get("history") or []
+    return {
+        "b_simple": [(p["step"], p["b_simple"]) for p in history if p.get("b_simple") is not None],
+        "train_loss": [(p["step"], p["train_loss"]) for p in history if p.get("train_loss") is not None],
+        "predicted_seconds_to_target_by_batch": [
+            (p["batch_size"], p["seconds_to_target"]) for p in data["predictions"]
+        ],
+        "predicted_steps_to_target_by_batch": [
+            (p["batch_size"], p["steps_to_target"]) for p in data["predictions"]
+        ],
+    }

@@ -19,16 +19,9 @@ limit stops at once, and an address-space cap turns runaway allocations into a c
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import resource
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -37,50 +30,21 @@ import torch
 from batchlab.core import dist as _dist
 from batchlab.core.device import resolve_device
 from batchlab.core.json_safe import json_safe
-from batchlab.core.precision import Amp, Precision, as_precision, optimizer_step
-from batchlab.errors import WorkloadError, bad
-from batchlab.workload import Workload, load_workload
-
-# glibc reads these at start-up: the trial server is started with them, and every forked trial inherits them.
-CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-MIN_STEPS = 4  # a trial runs at least this many steps...
-MAX_STEPS = 40  # ...and at most this many, waiting for its peak to stop growing
-STABLE_WINDOW = 3  # the peak is stable when it grew by at most STABLE_BYTES over this many steps
-CPU_STABLE_BYTES = 256 * 1024  # resident memory moves by a few pages as Python objects come and go
-CONFIRM_FACTOR = 3  # the confirmation at the edge runs this many times the steps its trial needed
-
-_OutOfMemory: tuple[type[BaseException], ...] = (MemoryError, torch.cuda.OutOfMemoryError)
-if hasattr(torch, "OutOfMemoryError"):
-    _OutOfMemory += (torch.OutOfMemoryError,)
-_OOM_MESSAGES = (
-    "DefaultCPUAllocator: can't allocate memory",
-    "CUDA out of memory",
-    "MPS backend out of memory",
+from batchlab.core.precision import as_precision
+from batchlab.errors import bad
+from batchlab.measure.memory_trial import (
+    MAX_STEPS,
+    MIN_STEPS,
+    MemoryTrial,
+    TrialPlan,
+    TrialServer,
+    available_cpu_bytes,
 )
+from batchlab.train.model import fresh_model
+from batchlab.workload import Workload
+from batchlab.workloads import load_workload
 
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for an allocator's out-of-memory failure (CUDA, CPU, MPS); False for anything else."""
-    if isinstance(error, _OutOfMemory):
-        return True
-    return isinstance(error, RuntimeError) and any(m in str(error) for m in _OOM_MESSAGES)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MemoryTrial:
-    """One batch size tried: whether it fit, its peak, and how many steps the peak took to settle."""
-
-    batch_size: int
-    fits: bool
-    peak_bytes: int | None
-    seconds: float
-    steps: int
-    error: str | None = None  # "out_of_memory", "over_limit" or "killed" when it did not fit
-    confirmation: bool = False
-    step_seconds: float | None = None  # its fastest whole step (training + evaluation), when timed
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+CONFIRM_FACTOR = 3  # the confirmation at the edge runs this many times the steps its trial needed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,186 +310,6 @@ def search_max_batch(
 # Trials in child processes --------------------------------------------------------------------
 
 
-def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-
-
-def _address_space_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return None
-
-
-def available_cpu_bytes() -> int:
-    """MemAvailable from /proc/meminfo, else physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    spec: str
-    batch_size: int
-    device: str
-    limit_bytes: int
-    include_eval: bool
-    min_steps: int
-    max_steps: int
-    precision: str = "fp32"
-    checkpoint: bool = False
-
-
-def trial_steps(
-    workload: Workload, plan: TrialPlan, device: torch.device
-) -> tuple[int, int, str | None, float | None]:
-    """Run training steps at the plan's batch size until the peak settles; (peak, steps, error,
-    seconds of its fastest step)."""
-    from batchlab.core.step import backward
-    from batchlab.train.loop import fresh_model
-
-    cuda = device.type == "cuda"
-    if cuda:
-        _, total = torch.cuda.mem_get_info(device)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, plan.limit_bytes / total), device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        space = _address_space_bytes()
-        if space is not None:  # a safety net far above the limit: a runaway allocation fails cleanly
-            cap = space + 2 * plan.limit_bytes
-            resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    model = fresh_model(workload, 0, device, checkpoint=plan.checkpoint)
-    optimizer = workload.optimizer(model.parameters(), workload.lr)
-    precision = Precision(plan.precision)
-    amp = None if precision is Precision.FP32 else Amp(precision, device)
-    indices = torch.arange(plan.batch_size) % workload.train_size
-    x, y = _gather(workload, indices, device)
-    stable_bytes = 0 if cuda else CPU_STABLE_BYTES
-    peaks: list[int] = []
-    durations: list[float] = []
-    for _ in range(plan.max_steps):
-        began = time.perf_counter()
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        backward(model, workload.loss, (x, y), micro_batches=1, amp=amp)
-        optimizer_step(optimizer, amp)
-        if plan.include_eval:
-            model.eval()
-            with torch.no_grad(), amp.autocast() if amp is not None else nullcontext():
-                model(x)
-        if cuda:
-            torch.cuda.synchronize(device)
-            peaks.append(int(torch.cuda.max_memory_reserved(device)))
-        else:
-            peaks.append(_peak_rss_bytes())
-        durations.append(time.perf_counter() - began)
-        if peaks[-1] > plan.limit_bytes:
-            return peaks[-1], len(peaks), "over_limit", None
-        settled = len(peaks) > STABLE_WINDOW and peaks[-1] - peaks[-1 - STABLE_WINDOW] <= stable_bytes
-        if len(peaks) >= plan.min_steps and settled:
-            break
-    # The fastest step after the first (which allocates and warms up): the step's own cost.
-    return peaks[-1], len(peaks), None, min(durations[1:] or durations)
-
-
-def _gather(workload: Workload, indices: torch.Tensor, device: torch.device) -> tuple[Any, Any]:
-    from torch.utils.data import DataLoader, Subset
-
-    from batchlab.core.data import to_device
-
-    subset = Subset(workload.train_data, indices.tolist())
-    x, y = next(iter(DataLoader(subset, batch_size=len(indices))))
-    return to_device(x, device), to_device(y, device)
-
-
-class TrialServer:
-    """The helper process that runs trials (see _trial_server.py); one per probe."""
-
-    def __init__(self) -> None:
-        env = {**os.environ, **CPU_MALLOC_ENV}
-        src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, *sys.path, env.get("PYTHONPATH", "")) if p)
-        env["BATCHLAB_PARENT_PID"] = str(os.getpid())  # the server ends when this process does
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "batchlab.measure.trials"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-
-    def run(self, plan: TrialPlan, *, confirmation: bool) -> MemoryTrial:
-        """One trial in a fresh child. A failure other than out-of-memory is raised here."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        started = time.perf_counter()
-        self.process.stdin.write(json.dumps(asdict(plan)) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        seconds = time.perf_counter() - started
-        if not line:
-            raise WorkloadError(
-                f"the trial server stopped at batch size {plan.batch_size} "
-                f"(exit code {self.process.poll()}); check that the workload imports cleanly"
-            )
-        message = json.loads(line)
-        if "failure" in message:
-            raise WorkloadError(f"the workload failed at batch size {plan.batch_size}: {message['failure']}")
-        if message.get("signal") == signal.SIGKILL:  # the kernel's OOM killer's signature
-            message = {"peak_bytes": None, "steps": 0, "error": "killed"}
-        elif "signal" in message or "exit_code" in message:
-            how = (
-                f"signal {message['signal']}" if "signal" in message else f"exit code {message['exit_code']}"
-            )
-            raise WorkloadError(
-                f"the workload failed at batch size {plan.batch_size}: its process died "
-                f"({how}); run `batchlab train --batch-size {plan.batch_size} --max-steps 1`"
-            )
-        error = message["error"]
-        return MemoryTrial(
-            batch_size=plan.batch_size,
-            fits=error is None,
-            peak_bytes=message["peak_bytes"],
-            seconds=seconds,
-            steps=message["steps"],
-            error=error,
-            confirmation=confirmation,
-            step_seconds=message.get("step_seconds"),
-        )
-
-    def __enter__(self) -> TrialServer:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.close(kill=exc_type is not None)
-
-    def close(self, *, kill: bool = False) -> None:
-        """Stop the server: at once with `kill` (an interrupt or an error: the trial in hand is
-        dropped, and the trial's own process dies with the server, see _trial_server.py), else
-        when it has read to the end of its input."""
-        if kill:
-            self.process.kill()
-        try:
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-        except BrokenPipeError:  # it had already stopped
-            pass
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 def default_limit_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
@@ -565,41 +349,26 @@ def probe_memory(
     _dist.init_from_env()
     dev = resolve_device(device)
     limit = default_limit_bytes(dev) if limit_bytes is None else limit_bytes
-    _check_positive_int(limit, "limit_bytes", "pass --memory-limit 2GiB")
-    if not isinstance(reserve_bytes, int) or not 0 <= reserve_bytes < limit:
-        raise bad(
-            "reserve_bytes", reserve_bytes, f"a whole number of bytes from 0 to below the limit ({limit})"
-        )
-    _check_positive_int(granularity, "granularity", "pass --granularity 8, say")
-    _check_positive_int(min_batch_size, "min_batch_size", "pass --min-batch-size 1")
-    per_device_data = workload.train_size // _dist.world_size()  # a global batch is at most the data
-    cap = per_device_data if max_batch_size is None else min(max_batch_size, per_device_data)
-    _check_positive_int(cap, "max_batch_size", "pass --max-batch-size 1024, say")
-    start = max(min_batch_size, granularity) if granularity > 1 else min_batch_size
-    start = math.ceil(start / granularity) * granularity
-    if start > cap:
-        raise bad("min_batch_size", min_batch_size, f"at most the cap on the batch size, {cap}")
-    cap -= cap % granularity  # the answer is a multiple of the granularity, the cap included
-    if workload.spec is None:
+    start, cap, per_device_data, reserve_bytes = _bounds(
+        workload,
+        limit=limit,
+        reserve_bytes=reserve_bytes,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        granularity=granularity,
+    )
+    spec = workload.spec
+    if spec is None:
         raise bad(
             "workload",
             workload.name,
             "loadable by name, so that each trial's child process can rebuild it",
             "pass a built-in name, 'package.module:function' or 'file.py:function'",
         )
-    if _dist.active():
-        params = workload.model().parameters()
-        reserve_bytes += sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-        if reserve_bytes >= limit:
-            raise bad("memory_limit", limit, "more than the model's gradients that DDP's buckets copy")
     budget = limit - reserve_bytes
     began = time.perf_counter()
-
-    spec = workload.spec
     amp_precision = as_precision(precision, dev)
     if checkpoint:  # fail here, in the caller, if the model has no blocks to wrap
-        from batchlab.train.loop import fresh_model
-
         fresh_model(workload, 0, torch.device("cpu"), checkpoint=True)
 
     def trial(batch_size: int, confirmation: bool) -> MemoryTrial:
@@ -646,6 +415,40 @@ def probe_memory(
         is_lower_bound=stopped is not None and best is not None,
         stopped_because=stopped,
     )
+
+
+def _bounds(
+    workload: Workload,
+    *,
+    limit: int,
+    reserve_bytes: int,
+    min_batch_size: int,
+    max_batch_size: int | None,
+    granularity: int,
+) -> tuple[int, int, int, int]:
+    """The search's first batch and its cap (a multiple of the granularity), the data each rank
+    holds, and the reserve (with DDP's gradient buckets under torchrun); each checked."""
+    _check_positive_int(limit, "limit_bytes", "pass --memory-limit 2GiB")
+    if not isinstance(reserve_bytes, int) or not 0 <= reserve_bytes < limit:
+        raise bad(
+            "reserve_bytes", reserve_bytes, f"a whole number of bytes from 0 to below the limit ({limit})"
+        )
+    _check_positive_int(granularity, "granularity", "pass --granularity 8, say")
+    _check_positive_int(min_batch_size, "min_batch_size", "pass --min-batch-size 1")
+    per_device_data = workload.train_size // _dist.world_size()  # a global batch is at most the data
+    cap = per_device_data if max_batch_size is None else min(max_batch_size, per_device_data)
+    _check_positive_int(cap, "max_batch_size", "pass --max-batch-size 1024, say")
+    start = max(min_batch_size, granularity) if granularity > 1 else min_batch_size
+    start = math.ceil(start / granularity) * granularity
+    if start > cap:
+        raise bad("min_batch_size", min_batch_size, f"at most the cap on the batch size, {cap}")
+    cap -= cap % granularity  # the answer is a multiple of the granularity, the cap included
+    if _dist.active():
+        params = workload.model().parameters()
+        reserve_bytes += sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+        if reserve_bytes >= limit:
+            raise bad("memory_limit", limit, "more than the model's gradients that DDP's buckets copy")
+    return start, cap, per_device_data, reserve_bytes
 
 
 def _agree(outcome: MemoryTrial) -> MemoryTrial:

@@ -22,7 +22,8 @@ from batchlab.core.json_safe import json_safe
 from batchlab.core.step import _grad_list, _sq_norm
 from batchlab.errors import bad
 from batchlab.train.loop import train
-from batchlab.workload import Workload, load_workload
+from batchlab.workload import Workload
+from batchlab.workloads import load_workload
 
 
 @dataclass(frozen=True, kw_only=True)

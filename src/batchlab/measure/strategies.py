@@ -20,10 +20,12 @@ from batchlab.core.device import resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Precision
 from batchlab.errors import ConfigError
-from batchlab.measure.memory import MemoryProfile, MemoryTrial, Pace, probe_memory
+from batchlab.measure.memory import MemoryProfile, Pace, probe_memory
+from batchlab.measure.memory_trial import MemoryTrial
 from batchlab.measure.throughput import profile_throughput
-from batchlab.train.loop import fresh_model
-from batchlab.workload import Workload, load_workload
+from batchlab.train.model import fresh_model
+from batchlab.workload import Workload
+from batchlab.workloads import load_workload
 
 TIMED_BATCH_CEILING = 64  # a step of the common batch stays affordable under bf16 emulation on a CPU
 STRATEGY_SECONDS = 45.0  # each strategy's memory search: five fit in under 5 minutes on a CPU

@@ -21,14 +21,14 @@ import torch
 
 from batchlab.core import dist as _dist
 from batchlab.core.data import Batch, DeviceData
-from batchlab.core.device import clock, resolve_device
+from batchlab.core.device import clock, is_out_of_memory, resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Amp, Precision, as_precision, optimizer_step
 from batchlab.core.step import backward
 from batchlab.errors import bad
-from batchlab.measure.memory import is_out_of_memory
-from batchlab.train.loop import fresh_model
-from batchlab.workload import Workload, check_batch_size, load_workload
+from batchlab.train.model import fresh_model
+from batchlab.workload import Workload, check_batch_size
+from batchlab.workloads import load_workload
 
 KNEE_GAIN = 0.10  # doubling the batch must raise samples/s by at least 10% to "pay"
 MIN_BLOCK_SECONDS = 0.05  # each timed block lasts at least this long, so the clock's grain is noise

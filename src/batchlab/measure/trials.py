@@ -3,7 +3,7 @@
 It imports torch once, then for each JSON plan on stdin forks a child that runs one trial and
 writes one JSON line back through a pipe; the server answers on stdout with that line, or with how
 the child died. Plain JSON both ways (no pickle), and the caller's `__main__` is never re-imported.
-The server is started with glibc's mmap threshold fixed (see memory.py), in its own environment.
+The server is started with glibc's mmap threshold fixed (see memory_trial.py), in its own environment.
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def _serve_plans() -> None:
     torch.set_num_threads(1)
     _warm_up(torch)
 
-    from batchlab.measure.memory import TrialPlan, is_out_of_memory, trial_steps
-    from batchlab.workload import Workload, load_workload
+    from batchlab.core.device import is_out_of_memory
+    from batchlab.measure.memory_trial import TrialPlan, trial_steps
+    from batchlab.workload import Workload
+    from batchlab.workloads import load_workload
 
     workloads: dict[str, Workload] = {}
     for line in sys.stdin:

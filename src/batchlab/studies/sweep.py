@@ -27,10 +27,11 @@ import torch
 from batchlab.core.json_safe import json_safe
 from batchlab.core.store import Store
 from batchlab.errors import bad
-from batchlab.lr import LrRule, as_rule
-from batchlab.train.loop import TrainResult, resolve_lr
+from batchlab.lr import LrRule, as_rule, rate_for
 from batchlab.train.record import recorded_train
-from batchlab.workload import Workload, check_batch_size, load_workload
+from batchlab.train.result import TrainResult
+from batchlab.workload import Workload, check_batch_size
+from batchlab.workloads import load_workload
 
 MIN_FIT_POINTS = 3
 ONE_SEED_NOTE = (
@@ -271,7 +272,7 @@ def run_sweep(
     plan = [(size, m, seed) for size in sorted(set(batch_sizes)) for m in lr_multipliers for seed in seeds]
     runs = []
     for index, (size, multiplier, seed) in enumerate(plan):
-        lr = resolve_lr(workload, size, None, rule, b_noise) * multiplier
+        lr = rate_for(workload, size, rule, b_noise) * multiplier
         if progress:
             progress.run_started(index, len(plan), f"batch {size}, lr {lr:.3g}, seed {seed}")
         result, reused = recorded_train(

@@ -1,1 +1,2 @@
-"""One training run: the loop, its evaluation schedule, checkpoints, and runs recorded in the store."""
+"""One training run: its options (`config`), the loop, how it is judged (`evaluation`), what it
+returns (`result`), checkpoints, and runs recorded in the store (`record`)."""

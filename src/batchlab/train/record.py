@@ -8,7 +8,8 @@ from typing import Any
 
 from batchlab.core import dist as _dist
 from batchlab.core.store import Store, run_key
-from batchlab.train.loop import CURVE_VERSION, TrainResult, train
+from batchlab.train.loop import train
+from batchlab.train.result import CURVE_VERSION, TrainResult
 from batchlab.workload import Workload
 
 

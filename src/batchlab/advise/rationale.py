@@ -1,0 +1,126 @@
+"""The advice in words: one line for each measurement and decision it rests on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from batchlab.advise.model import Forecast
+from batchlab.advise.result import Prediction
+from batchlab.lr import LrRule
+from batchlab.measure.memory import MemoryProfile
+from batchlab.measure.throughput import ThroughputProfile
+from batchlab.workload import Workload
+
+Progress = Callable[[str], None]
+
+
+def forecast_lines(workload: Workload, best: Prediction, forecast: Forecast) -> list[str]:
+    """What the predicted time and speedup rest on: the tuning runs' steps, the step times timed
+    again side by side, the reference's seeds."""
+    lines = []
+    steps, seconds = forecast.steps, forecast.seconds
+    moved = best.batch_size != workload.batch_size
+    if steps is not None and seconds is not None and round(steps) != round(best.steps_to_target):
+        lines.append(
+            f"Tuning runs trained to the target at batch {best.batch_size} in {steps:.0f} steps "
+            f"(the mean of its seeds), so the prediction is {seconds:.3g} s"
+            + (" (its steps timed again beside the reference's)." if moved else ".")
+        )
+    speedup, ref_steps, ref_step = forecast.speedup, forecast.reference_steps, forecast.reference_step_seconds
+    if speedup is None or ref_step is None:
+        return lines
+    mean = sum(ref_steps) / len(ref_steps)
+    seeds = (
+        "one seed's"
+        if len(ref_steps) == 1
+        else f"the mean of {len(ref_steps)} seeds' "
+        + ", ".join(str(n) for n in ref_steps[:-1])
+        + f" and {ref_steps[-1]}"
+    )
+    lines.append(
+        f"That is {speedup:.2f}x faster than the reference batch {workload.batch_size} (predicted: "
+        f"{mean:.0f} steps at {ref_step * 1e3:.3g} ms, {seeds})."
+    )
+    if (spread := forecast.speedup_range) is not None:
+        lines.append(
+            f"Its seeds alone move it between {spread[0]:.2f}x and {spread[1]:.2f}x (each point's slowest "
+            "seed against the other's fastest)."
+        )
+    return lines
+
+
+def rationale_lines(
+    workload: Workload,
+    best: Prediction | None,
+    b_noise: float | None,
+    memory: MemoryProfile,
+    throughput: ThroughputProfile,
+    forecast: Forecast,
+    rule: LrRule,
+    tuned: float = 1.0,
+    *,
+    probed_no_further: bool = False,
+) -> list[str]:
+    if best is None or b_noise is None:
+        return [
+            f"Keep the reference point (batch {workload.batch_size}, lr {workload.lr:g}): the measurements "
+            "could not calibrate a prediction."
+        ]
+    lines = [
+        "The gradient noise scale where the reference run reaches the target is about "
+        f"{b_noise:.0f}: below it, "
+        "doubling the batch nearly halves the steps; above it, a bigger batch buys little per step.",
+    ]
+    if probed_no_further and not memory.trials and memory.max_batch_size is not None:
+        lines.append(
+            f"Batch {memory.max_batch_size * memory.world_size} fits: it ran in the throughput profile. "
+            "Memory was not probed, since no larger batch is predicted to reach the target sooner "
+            "(--full-memory finds the edge)."
+        )
+    elif probed_no_further:
+        lines.append(
+            f"Batch {memory.max_batch_size} fits; memory was probed no further, since no larger batch "
+            "is predicted to reach the target sooner (--full-memory finds the edge)."
+        )
+    elif memory.max_batch_size is not None:
+        cap_note = "the whole training set" if memory.capped_by_dataset else "the memory limit"
+        lines.append(f"The largest batch that fits is {memory.max_batch_size} ({cap_note}).")
+    largest = throughput.largest_timed
+    if throughput.knee_batch_size is None and throughput.stopped_because:
+        lines.append(f"Throughput was {throughput.stopped_because}.")
+    elif throughput.knee_batch_size is not None and throughput.knee_batch_size == largest:
+        lines.append(f"Throughput still grows up to the largest batch measured, {largest}.")
+    elif throughput.knee_batch_size is not None:
+        lines.append(
+            f"Throughput stops paying past batch {throughput.knee_batch_size} (doubling adds under "
+            f"{throughput.knee_gain:.0%} samples/s)."
+        )
+    lines.append(
+        f"The model predicts the least time to target at batch {best.batch_size}: "
+        f"{best.steps_to_target:.0f} steps "
+        f"of {best.step_seconds * 1e3:.3g} ms = {best.seconds_to_target:.3g} s."
+    )
+    lines += forecast_lines(workload, best, forecast)
+    if rule is LrRule.NONE:  # the advice stays at the reference batch
+        lines.append("Learning rate: the reference rate, searched from the reference run.")
+    else:
+        lines.append(
+            "Learning rate: "
+            + (
+                "the noise-aware rule lr_ref (1 + B_noise/B_ref) / (1 + B_noise/B) for SGD."
+                if rule is LrRule.NOISE
+                else "the square-root rule for an adaptive optimizer."
+            )
+        )
+    what = "the reference rate" if rule is LrRule.NONE else "the rule's rate"
+    if tuned > 1.0:
+        lines.append(
+            f"Trained to the target at batch {best.batch_size}, {tuned:g}x {what} was faster: "
+            "the reference rate was not the best one at the reference batch."
+        )
+    elif tuned < 1.0:
+        lines.append(
+            f"Trained to the target at batch {best.batch_size}, {tuned:g}x {what}: no higher rate saved "
+            "10% of its steps (a higher rate is kept only where it does)."
+        )
+    return lines

@@ -1,0 +1,142 @@
+"""The advice command, and report over a folder of results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from batchlab.advise.pipeline import advise
+from batchlab.advise.ramp import schedule_advice
+from batchlab.cli.options import (
+    DEFAULT_WORKLOAD,
+    DeviceOpt,
+    JsonOpt,
+    LimitOpt,
+    TensorBoardOpt,
+    WorkloadOpt,
+    open_store,
+    parse_int,
+    save,
+    show_result,
+)
+from batchlab.cli.shell import err_console, guarded, single_process
+from batchlab.core import dist as _dist
+from batchlab.core.units import parse_bytes
+from batchlab.errors import BatchlabError, bad
+from batchlab.integrations import tensorboard as _tensorboard
+from batchlab.integrations.tensorboard import advice_series
+from batchlab.render.emit import Emit, trainer_settings
+from batchlab.render.emit import render as render_settings
+from batchlab.render.report import write_report
+from batchlab.render.tables import advice_table
+from batchlab.workloads import load_workload
+
+
+@guarded
+def advise_command(
+    workload: WorkloadOpt = DEFAULT_WORKLOAD,
+    device: DeviceOpt = "auto",
+    memory_limit: LimitOpt = None,
+    budget_seconds: float = typer.Option(None, "--budget-seconds", help="stop measuring after this long"),
+    validate: bool = typer.Option(
+        False, "--validate", help="train the advice and the reference to the target"
+    ),
+    full_memory: bool = typer.Option(
+        False,
+        "--full-memory",
+        help="probe memory to the edge, not only up to the largest batch the prediction could choose",
+    ),
+    out: Path = typer.Option(
+        Path("batchlab-out"), "--out", help="folder for report.html, advice.json, results.db"
+    ),
+    tensorboard: TensorBoardOpt = None,
+    emit: Emit = typer.Option(
+        None, "--emit", help="also print the advice as torchrun, lightning or hf (Trainer) settings"
+    ),
+    devices: str = typer.Option(
+        None, "--devices", metavar="INT", help="--emit: devices to split the batch over (default: 1)"
+    ),
+    schedule: bool = typer.Option(
+        False, "--schedule", help="also measure the critical batch along training and offer a batch ramp"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job: the batch size and learning rate to use, why, and the time it saves."""
+
+    _tensorboard.check_available(tensorboard)
+    device_count = parse_int(devices, "devices", flag="--devices") or 1
+    if device_count < 1:
+        raise bad("--devices", devices, "an integer >= 1", "pass --devices 8, say")
+    wl = load_workload(workload)
+    limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
+    console = err_console()  # the spinner on rank 0 alone
+    with console.status("", spinner="dots") as status:
+        result = advise(
+            wl,
+            device=device,
+            memory_limit=limit,
+            budget_seconds=budget_seconds,
+            validate=validate,
+            full_memory=full_memory,
+            progress=lambda text: status.update(f"[bold]{text}"),
+        )
+    data = result.to_dict()
+    if schedule:
+        data["schedule"] = advise_schedule(wl, data, out=out, device=device, console=console)
+    cap = None if data["max_batch_size"] is None else data["max_batch_size"] // data["world_size"]
+    try:  # (a --devices that does not divide the advised batch is said after the advice, not instead)
+        settings = trainer_settings(data["batch_size"], data["lr"], devices=device_count, max_per_device=cap)
+        data["trainer_settings"] = settings.to_dict()
+        if emit is not None:
+            data["emitted"] = {emit.value: render_settings(settings, emit, workload=wl.name, spec=wl.spec)}
+    except BatchlabError as error:
+        data["trainer_settings"], data["emitted"] = None, {"error": str(error)}
+    save(out, "advice", wl.name, data)
+    if tensorboard is not None and _dist.is_main():
+        _tensorboard.write_series(tensorboard, f"{wl.name}-advice", advice_series(data))
+    show_result(data, advice_table, as_json=as_json)
+    if emit is not None and not as_json:
+        text = data["emitted"].get(emit.value) or f"# no {emit.value} settings: {data['emitted']['error']}"
+        Console().print(text, highlight=False, markup=False, soft_wrap=True)
+    if _dist.is_main():
+        console.print(f"report: [bold]{write_report(out)}[/]", highlight=False)
+
+
+def advise_schedule(
+    wl: Any, data: dict[str, Any], *, out: Path, device: str, console: Console
+) -> dict[str, Any]:
+    """`advise --schedule`: the ramp from the advised point, its runs kept in the store (resumable)."""
+
+    store = open_store(out)
+    try:
+        with console.status("", spinner="dots") as status:
+            return schedule_advice(
+                wl,
+                batch_size=data["batch_size"],
+                lr=data["lr"],
+                max_batch_size=data["max_batch_size"],
+                cap_is_lower_bound=data["max_batch_size_is_lower_bound"],
+                store=store,
+                device=device,
+                progress=lambda text: status.update(f"[bold]schedule: {text}"),
+            )
+    except BatchlabError as error:  # the advice itself stands: keep it, and say why there is no ramp
+        return {"offered": False, "why": f"no ramp could be measured: {error}"}
+    finally:
+        if store is not None:
+            store.close()
+
+
+@guarded(lock=False)
+def report_command(
+    out: Path = typer.Argument(..., help="a folder written by advise, sweep, memory, ..."),
+) -> None:
+    """Write DIR/report.html from the results in DIR/results.db."""
+    single_process("report")
+
+    if not (out / "results.db").is_file():
+        raise bad("DIR", str(out), "a folder holding results.db", "run `batchlab advise --out DIR` first")
+    err_console().print(f"report: [bold]{write_report(out)}[/]", highlight=False)
