@@ -433,7 +433,7 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
     (200). Seed 1 diverges at 0.025 and misses at 0.0125: no rate but the reference's has reached the
     target on both seeds, so the advice keeps the reference rate, and says why."""
     from batchlab.advise.budget import Budget
-    from batchlab.advise.pipeline import tune_reference_rate
+    from batchlab.advise.choice import tune_reference_rate
 
     workload, reference, best = _digits_mlp_reference()
     outcome = {(0.1, 0): 95, (0.025, 0): 85, (0.0125, 0): 100, (0.025, 1): None, (0.0125, 1): 300}
@@ -457,8 +457,8 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
     reference rate then trains on seed 1 too (140 steps), and the speedup compares the means of two
     seeds each: (100 + 140) / 2 = 120 reference steps against (85 + 90) / 2 = 87.5, both at 10 ms."""
     from batchlab.advise.budget import Budget
+    from batchlab.advise.choice import tune_reference_rate
     from batchlab.advise.model import forecast_speedup
-    from batchlab.advise.pipeline import tune_reference_rate
     from batchlab.train.evaluation import last_eval_at
 
     workload, reference, best = _digits_mlp_reference()
@@ -643,11 +643,10 @@ def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
     """Seeds 2 and 3 at the chosen point and at the reference, each only at most CHEAP_SHARE of the
     advice's cost so far and within the cost proportion; their steps join the speedup's means."""
     import importlib
+    import time
 
     from batchlab.advise.budget import Budget
     from batchlab.advise.evidence import cheap_seeds
-
-    import time
 
     advise_module = importlib.import_module("batchlab.advise.evidence")
 

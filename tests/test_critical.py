@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from batchlab import BatchlabError, Target, Workload
 from batchlab.core.store import Store
 from batchlab.lr import scale_lr
-from batchlab.measure.critical_batch import BRANCH_EVALS, SMOOTHING, critical_from_branches
+from batchlab.measure.branches import BRANCH_EVALS, SMOOTHING, critical_from_branches
 from batchlab.schedule import BatchSchedule
 from batchlab.studies.run import run_study
 from batchlab.train.loop import train

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from batchlab.core.units import format_number
-from batchlab.render.plots import memory_scale
+from batchlab.render.plots.measurements import memory_scale
 from batchlab.render.report import render_report
 from batchlab.render.tables import advice_table, render
 

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from batchlab.core.store import Store
-from batchlab.measure.critical_batch import EPSILON, measure, ramp_updates
+from batchlab.measure.branches import EPSILON, ramp_updates
+from batchlab.measure.critical_batch import measure
 from batchlab.workload import Workload
 
 

@@ -8,7 +8,7 @@ commands are registered here, in the order `batchlab --help` lists them.
 from batchlab.cli.advising import advise_command, report_command
 from batchlab.cli.measuring import memory_command, noise_command, throughput_command
 from batchlab.cli.shell import app, main
-from batchlab.cli.studying import study_command
+from batchlab.cli.studying import study_app
 from batchlab.cli.training import sweep_command, train_command, workloads_command
 
 for _name, _command in (
@@ -20,8 +20,9 @@ for _name, _command in (
     ("sweep", sweep_command),
     ("advise", advise_command),
     ("report", report_command),
-    ("study", study_command),
 ):
     app.command(_name)(_command)
+
+app.add_typer(study_app, name="study")
 
 __all__ = ["app", "main"]

@@ -17,8 +17,8 @@ from batchlab.cli.options import (
     LimitOpt,
     TensorBoardOpt,
     WorkloadOpt,
+    int_option,
     open_store,
-    parse_int,
     save,
     show_result,
 )
@@ -56,9 +56,7 @@ def advise_command(
     emit: Emit = typer.Option(
         None, "--emit", help="also print the advice as torchrun, lightning or hf (Trainer) settings"
     ),
-    devices: str = typer.Option(
-        None, "--devices", metavar="INT", help="--emit: devices to split the batch over (default: 1)"
-    ),
+    devices: int = int_option(1, "--devices", help="--emit: devices to split the batch over (default: 1)"),
     schedule: bool = typer.Option(
         False, "--schedule", help="also measure the critical batch along training and offer a batch ramp"
     ),
@@ -67,7 +65,7 @@ def advise_command(
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
 
     _tensorboard.check_available(tensorboard)
-    device_count = parse_int(devices, "devices", flag="--devices") or 1
+    device_count = devices
     if device_count < 1:
         raise bad("--devices", devices, "an integer >= 1", "pass --devices 8, say")
     wl = load_workload(workload)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from batchlab.cli.options import (
     DEFAULT_WORKLOAD,
@@ -13,7 +15,7 @@ from batchlab.cli.options import (
     JsonOpt,
     LimitOpt,
     WorkloadOpt,
-    parse_int,
+    int_option,
     parse_int_list,
     progress_bar,
     quiet,
@@ -39,9 +41,9 @@ def memory_command(
     device: DeviceOpt = "auto",
     memory_limit: LimitOpt = None,
     reserve: str = typer.Option(None, "--reserve", help="headroom kept free, e.g. 256MiB"),
-    granularity: str = typer.Option("1", "--granularity", metavar="INT", help="answer a multiple of this"),
-    min_batch_size: str = typer.Option("1", "--min-batch-size", metavar="INT"),
-    max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
+    granularity: int = int_option(1, "--granularity", help="answer a multiple of this"),
+    min_batch_size: int = int_option(1, "--min-batch-size"),
+    max_batch_size: int | None = int_option(None, "--max-batch-size"),
     no_eval: bool = typer.Option(False, "--no-eval", help="leave the evaluation forward out of a trial"),
     precision: Precision = typer.Option(
         Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
@@ -64,38 +66,15 @@ def memory_command(
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
     reserve_bytes = 0 if reserve is None else parse_bytes(reserve, field="reserve")
     console = err_console()
-
-    def show(trial: MemoryTrial) -> None:
-        if as_json:
-            return
-        verdict = "[green]fits[/]" if trial.fits else f"[red]does not fit[/] ({trial.error})"
-        peak = "-" if trial.peak_bytes is None else format_bytes(trial.peak_bytes)
-        label = "confirm" if trial.confirmation else "trial"
-        console.print(
-            f"{label} batch {trial.batch_size:>6}: {verdict}, peak {peak}, {trial.steps} steps, "
-            f"{trial.seconds:.1f}s",
-            highlight=False,
-        )
-
+    show = _trial_line(console, quiet=as_json)
     bounds: dict[str, Any] = {
-        "granularity": parse_int(granularity, "granularity", flag="--granularity") or 0,
-        "min_batch_size": parse_int(min_batch_size, "min_batch_size", flag="--min-batch-size") or 0,
-        "max_batch_size": parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+        "granularity": granularity,
+        "min_batch_size": min_batch_size,
+        "max_batch_size": max_batch_size,
         "include_eval": not no_eval,
     }
     if strategies:
-        if not strategy_seconds >= 0 or strategy_seconds == float("inf"):
-            raise bad(
-                "--strategy-seconds", strategy_seconds, "a finite number >= 0", "pass 45, or 0 for none"
-            )
-        for flag, given in (("--precision", precision is not Precision.FP32), ("--checkpoint", checkpoint)):
-            if given:
-                raise bad(
-                    flag,
-                    precision.value if flag == "--precision" else checkpoint,
-                    "left out with --strategies, which tries every precision and checkpointing itself",
-                    f"drop {flag}, or drop --strategies to probe that one setting",
-                )
+        _check_strategies(strategy_seconds, precision, checkpoint)
         report = compare_strategies(
             wl,
             device=device,
@@ -124,11 +103,43 @@ def memory_command(
     show_result(data, memory_table, as_json=as_json)
 
 
+def _trial_line(console: Console, *, quiet: bool) -> Callable[[MemoryTrial], None]:
+    """Each memory trial as it finishes, one line on stderr (none with --json)."""
+
+    def show(trial: MemoryTrial) -> None:
+        if quiet:
+            return
+        verdict = "[green]fits[/]" if trial.fits else f"[red]does not fit[/] ({trial.error})"
+        peak = "-" if trial.peak_bytes is None else format_bytes(trial.peak_bytes)
+        label = "confirm" if trial.confirmation else "trial"
+        console.print(
+            f"{label} batch {trial.batch_size:>6}: {verdict}, peak {peak}, {trial.steps} steps, "
+            f"{trial.seconds:.1f}s",
+            highlight=False,
+        )
+
+    return show
+
+
+def _check_strategies(strategy_seconds: float, precision: Precision, checkpoint: bool) -> None:
+    """--strategies tries every precision and checkpointing itself: neither may be given beside it."""
+    if not strategy_seconds >= 0 or strategy_seconds == float("inf"):
+        raise bad("--strategy-seconds", strategy_seconds, "a finite number >= 0", "pass 45, or 0 for none")
+    for flag, given in (("--precision", precision is not Precision.FP32), ("--checkpoint", checkpoint)):
+        if given:
+            raise bad(
+                flag,
+                precision.value if flag == "--precision" else checkpoint,
+                "left out with --strategies, which tries every precision and checkpointing itself",
+                f"drop {flag}, or drop --strategies to probe that one setting",
+            )
+
+
 @guarded
 def throughput_command(
     workload: WorkloadOpt = DEFAULT_WORKLOAD,
     batch_sizes: str = typer.Option(None, "--batch-sizes", help="e.g. 8,16,32 (default: powers of two)"),
-    max_batch_size: str = typer.Option(None, "--max-batch-size", metavar="INT"),
+    max_batch_size: int | None = int_option(None, "--max-batch-size"),
     repeats: int = typer.Option(3, "--repeats", help="timed blocks per batch size (the median is kept)"),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db and throughput.json"),
@@ -141,7 +152,7 @@ def throughput_command(
         profile = profile_throughput(
             wl,
             batch_sizes=parse_int_list(batch_sizes, "batch_sizes", flag="--batch-sizes"),
-            max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
+            max_batch_size=max_batch_size,
             repeats=repeats,
             device=device,
             progress=update,
@@ -154,9 +165,9 @@ def throughput_command(
 @guarded
 def noise_command(
     workload: WorkloadOpt = DEFAULT_WORKLOAD,
-    batch_size: str = typer.Option(None, "--batch-size", "-b", metavar="INT", help="default: the reference"),
-    micro_batches: str = typer.Option("4", "--micro-batches", metavar="INT", help="parts of each batch"),
-    steps: str = typer.Option(None, "--steps", metavar="INT", help="training steps before the final pass"),
+    batch_size: int | None = int_option(None, "--batch-size", "-b", help="default: the reference"),
+    micro_batches: int = int_option(4, "--micro-batches", help="parts of each batch"),
+    steps: int | None = int_option(None, "--steps", help="training steps before the final pass"),
     lr: float = typer.Option(None, "--lr", help="learning rate (default: the reference rule)"),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db and noise.json"),
@@ -168,9 +179,9 @@ def noise_command(
     with progress_bar(f"measuring {wl.name}", quiet=quiet(as_json)) as update:
         estimate, _ = measure_noise(
             wl,
-            batch_size=parse_int(batch_size, "batch_size", flag="--batch-size"),
-            micro_batches=parse_int(micro_batches, "micro_batches", flag="--micro-batches") or 0,
-            steps=parse_int(steps, "steps", flag="--steps"),
+            batch_size=batch_size,
+            micro_batches=micro_batches,
+            steps=steps,
             lr=lr,
             device=device,
             progress=update,

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batchlab.cli.shell import err_console
+from batchlab.cli.usage import whole_number
 from batchlab.core import dist as _dist
 from batchlab.core.json_safe import json_safe
 from batchlab.core.store import Store
@@ -54,16 +55,6 @@ LimitOpt = Annotated[
 def open_store(out: Path | None) -> Store | None:
     """The results store, opened by rank 0 alone (the only rank that writes)."""
     return Store(out) if out is not None and _dist.is_main() else None
-
-
-def parse_int(text: str | None, field: str, *, flag: str) -> int | None:
-    """Parse an integer option ourselves, so a bad value gets batchlab's one-line error."""
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise bad(field, text, "a whole number", f"pass {flag} 32, say") from None
 
 
 def parse_int_list(text: str | None, field: str, *, flag: str) -> list[int] | None:
@@ -168,3 +159,8 @@ def save(out: Path | None, kind: str, workload: str, data: dict[str, Any]) -> No
     with Store(out) as store:
         store.save_result(kind, workload, data)
     write_json(out, f"{kind}.json", data)
+
+
+def int_option(default: int | None, *flags: str, help: str | None = None) -> Any:
+    """An integer option: a value that is not a whole number gets batchlab's one-line error."""
+    return typer.Option(default, *flags, metavar="INT", help=help, parser=whole_number(flags[0]))

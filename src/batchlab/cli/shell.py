@@ -18,11 +18,13 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from batchlab.cli.usage import Commands
 from batchlab.core import dist as _dist
 from batchlab.core import guard as _guard
 from batchlab.errors import BatchlabError, bad
 
 app = typer.Typer(
+    cls=Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -46,21 +48,19 @@ def fail(message: str, code: int = 2, *, label: str = "error:") -> typer.Exit:
     return typer.Exit(code)
 
 
-# Commands whose --out store keeps every finished run, so that the same command resumes.
-RESUMABLE = {"train_command", "sweep_command", "study_command"}
-
-
-def guarded(func: F | None = None, *, lock: bool = True) -> Any:
+def guarded(func: F | None = None, *, lock: bool = True, resumable: bool = False) -> Any:
     """Every command runs inside this: it holds the output folder (`lock`), and turns batchlab's own
     errors, failures of the user's code or of the disk, and interrupts into one line and an exit
     code (2; 130 / 143 for SIGINT / SIGTERM; 1 for a bug of batchlab's), never a traceback. Under
-    torchrun, a rank that lost its peers says so in one line too."""
+    torchrun, a rank that lost its peers says so in one line too. A `resumable` command's --out
+    store keeps every finished run, so that the same command resumes: its stop says so."""
     if func is None:
-        return functools.partial(guarded, lock=lock)
+        return functools.partial(guarded, lock=lock, resumable=resumable)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        folder = output_folder(func.__name__, kwargs)
+        out = kwargs.get("out")
+        folder = out if isinstance(out, Path) else None
         command = _guard.command_line()
         try:
             with (
@@ -71,17 +71,17 @@ def guarded(func: F | None = None, *, lock: bool = True) -> Any:
             raise
         except (Exception, _guard.Interrupted, KeyboardInterrupt) as error:
             try:
-                raise ending(error, func.__name__, command, folder) from None
+                raise ending(error, resumable, command, folder) from None
             except RankStopped as late:
                 # torchrun tells every rank to stop once one has failed; its SIGTERM may land while
                 # this rank is still describing its own failure (a lost peer). The handler raises
                 # once only, so the stop's line is the last word.
-                raise ending(late, func.__name__, command, folder) from None
+                raise ending(late, resumable, command, folder) from None
 
     return wrapper
 
 
-def ending(error: BaseException, name: str, command: str, folder: Path | None) -> typer.Exit:
+def ending(error: BaseException, resumable: bool, command: str, folder: Path | None) -> typer.Exit:
     """The one line, and the exit code, that a command's failure ends with."""
     if _dist.active():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut the line short
@@ -89,7 +89,7 @@ def ending(error: BaseException, name: str, command: str, folder: Path | None) -
         return fail(str(error))
     if isinstance(error, (_guard.Interrupted, KeyboardInterrupt)):
         stop = error if isinstance(error, _guard.Interrupted) else _guard.Interrupted(signal.SIGINT)
-        line = _guard.interrupted_line(stop, command, folder, resumable=name in RESUMABLE)
+        line = _guard.interrupted_line(stop, command, folder, resumable=resumable)
         return fail(line, stop.exit_code, label="stopped:")
     if _dist.active() and (isinstance(error, RankStopped) or _dist.lost_peer(error)):
         return fail(
@@ -105,14 +105,6 @@ def unexpected(error: BaseException) -> typer.Exit:
     if shown:
         err_console(error=True).print(shown, highlight=False, markup=False, soft_wrap=True)
     return fail(line, code)
-
-
-def output_folder(command: str, kwargs: dict[str, Any]) -> Path | None:
-    """The folder a command writes to (the study's default one included), or None."""
-    out = kwargs.get("out")
-    if command == "study_command" and out is None:
-        return Path(f"batchlab-study-{kwargs['name'].value}")
-    return out if isinstance(out, Path) else None
 
 
 DEBUG = [False]  # set by --debug, anywhere on the command line

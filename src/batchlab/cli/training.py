@@ -15,9 +15,9 @@ from batchlab.cli.options import (
     TensorBoardOpt,
     WorkloadOpt,
     emit_json,
+    int_option,
     open_store,
     parse_float_list,
-    parse_int,
     parse_int_list,
     progress_bar,
     quiet,
@@ -58,31 +58,31 @@ def workloads_command(as_json: bool = typer.Option(False, "--json", help="print 
     render(table)
 
 
-@guarded
+@guarded(resumable=True)
 def train_command(
     workload: WorkloadOpt = DEFAULT_WORKLOAD,
-    batch_size: str = typer.Option(
-        None, "--batch-size", "-b", metavar="INT", help="effective batch (default: the workload's reference)"
+    batch_size: int | None = int_option(
+        None, "--batch-size", "-b", help="effective batch (default: the workload's reference)"
     ),
     lr: float = typer.Option(None, "--lr", help="learning rate (default: the rule applied to the reference)"),
     lr_rule: LrRule = typer.Option(
         LrRule.LINEAR, "--lr-rule", help="how the learning rate follows the batch"
     ),
     warmup_steps: int = typer.Option(0, "--warmup-steps", help="linear warm-up steps"),
-    accumulation: str = typer.Option("1", "--accumulation", metavar="INT", help="micro-batches per step"),
-    max_steps: str = typer.Option(None, "--max-steps", metavar="INT", help="step budget"),
+    accumulation: int = int_option(1, "--accumulation", help="micro-batches per step"),
+    max_steps: int | None = int_option(None, "--max-steps", help="step budget"),
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget"),
     until_target: bool = typer.Option(False, "--until-target", help="stop when the target is reached"),
-    eval_every: str = typer.Option(
-        None, "--eval-every", metavar="INT", help="evaluate every N steps (default: automatic)"
+    eval_every: int | None = int_option(
+        None, "--eval-every", help="evaluate every N steps (default: automatic)"
     ),
     track_noise: bool = typer.Option(False, "--track-noise", help="estimate the gradient noise scale"),
     precision: Precision = typer.Option(
         Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
     ),
     checkpoint: bool = typer.Option(False, "--checkpoint", help="recompute each of model.blocks in backward"),
-    ghost_batch_size: str = typer.Option(
-        None, "--ghost-batch-size", metavar="INT", help="ghost batch norm over virtual batches of this size"
+    ghost_batch_size: int | None = int_option(
+        None, "--ghost-batch-size", help="ghost batch norm over virtual batches of this size"
     ),
     milestones: str = typer.Option(
         None, "--milestones", help="epochs where lr / batch falls by --factor, e.g. 10,20"
@@ -91,8 +91,8 @@ def train_command(
     schedule: ScheduleMode = typer.Option(
         ScheduleMode.INCREASE_BATCH, "--schedule", help="grow the batch (Smith et al.) or decay the lr"
     ),
-    max_batch_size: str = typer.Option(
-        None, "--max-batch-size", metavar="INT", help="the batch never grows past this (then the lr decays)"
+    max_batch_size: int | None = int_option(
+        None, "--max-batch-size", help="the batch never grows past this (then the lr decays)"
     ),
     batch_schedule: Path = typer.Option(
         None,
@@ -108,43 +108,25 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the workload once and show its curve and time to target."""
-
     _tensorboard.check_available(tensorboard)
     wl = load_workload(workload)
-    size = parse_int(batch_size, "batch_size", flag="--batch-size")
-    size = wl.batch_size if size is None else size
-    batches: int | BatchSchedule = size
-    if milestones is not None:
-        batches = BatchSchedule.multistep(
-            size,
-            parse_int_list(milestones, "milestones", flag="--milestones") or [],
-            factor,
-            mode=schedule,
-            max_batch_size=parse_int(max_batch_size, "max_batch_size", flag="--max-batch-size"),
-        )
-    elif max_batch_size is not None:
-        raise bad("max_batch_size", max_batch_size, "used with --milestones", "add --milestones 10,20")
-    if batch_schedule is not None:
-        for flag, value in (("--milestones", milestones), ("--batch-size", batch_size)):
-            if value is not None:
-                raise bad(
-                    flag, value, "left out with --batch-schedule (it names the batches)", f"drop {flag}"
-                )
-        batches = read_schedule(batch_schedule)
+    batches = _batches(
+        wl.batch_size, batch_size, milestones, factor, schedule, max_batch_size, batch_schedule
+    )
     settings = dict(
         batch_size=batches,
         lr=lr,
         lr_rule=lr_rule,
         warmup_steps=warmup_steps,
-        accumulation=parse_int(accumulation, "accumulation", flag="--accumulation"),
-        max_steps=parse_int(max_steps, "max_steps", flag="--max-steps"),
+        accumulation=accumulation,
+        max_steps=max_steps,
         max_epochs=max_epochs,
         until_target=until_target,
-        eval_every=parse_int(eval_every, "eval_every", flag="--eval-every"),
+        eval_every=eval_every,
         track_noise=track_noise,
         precision=precision,
         checkpoint=checkpoint,
-        ghost_batch_size=parse_int(ghost_batch_size, "ghost_batch_size", flag="--ghost-batch-size"),
+        ghost_batch_size=ghost_batch_size,
         sharpness=sharpness,
         seed=seed,
         device=device,
@@ -160,6 +142,34 @@ def train_command(
     write_json(out, "train.json", data)
     write_tensorboard(tensorboard, [(run_label(data), data["curve"])])
     show_result(data, train_table, as_json=as_json)
+
+
+def _batches(
+    reference: int,
+    batch_size: int | None,
+    milestones: str | None,
+    factor: float,
+    schedule: ScheduleMode,
+    max_batch_size: int | None,
+    batch_schedule: Path | None,
+) -> int | BatchSchedule:
+    """The run's batch: --batch-size (default the reference), stepped at --milestones, or a saved
+    --batch-schedule."""
+    size = reference if batch_size is None else batch_size
+    batches: int | BatchSchedule = size
+    if milestones is not None:
+        steps = parse_int_list(milestones, "milestones", flag="--milestones") or []
+        batches = BatchSchedule.multistep(size, steps, factor, mode=schedule, max_batch_size=max_batch_size)
+    elif max_batch_size is not None:
+        raise bad("max_batch_size", max_batch_size, "used with --milestones", "add --milestones 10,20")
+    if batch_schedule is not None:
+        for flag, value in (("--milestones", milestones), ("--batch-size", batch_size)):
+            if value is not None:
+                raise bad(
+                    flag, value, "left out with --batch-schedule (it names the batches)", f"drop {flag}"
+                )
+        batches = read_schedule(batch_schedule)
+    return batches
 
 
 class _SweepBars:
@@ -180,7 +190,7 @@ class _SweepBars:
         self.bar.update(self.steps, completed=done, total=total)
 
 
-@guarded
+@guarded(resumable=True)
 def sweep_command(
     workload: WorkloadOpt = DEFAULT_WORKLOAD,
     batch_sizes: str = typer.Option("8,32,128,512", "--batch-sizes", help="comma-separated batch sizes"),
@@ -192,7 +202,7 @@ def sweep_command(
     ),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds"),
     b_noise: float = typer.Option(None, "--b-noise", help="noise scale for --lr-rule noise"),
-    max_steps: str = typer.Option(None, "--max-steps", metavar="INT", help="step budget per run"),
+    max_steps: int | None = int_option(None, "--max-steps", help="step budget per run"),
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget per run (default 100)"),
     sharpness: bool = typer.Option(
         True, "--sharpness/--no-sharpness", help="measure each final model's sharpness"
@@ -226,7 +236,7 @@ def sweep_command(
                 or [],
                 seeds=parse_int_list(seeds, "seeds", flag="--seeds") or [],
                 b_noise=b_noise,
-                max_steps=parse_int(max_steps, "max_steps", flag="--max-steps"),
+                max_steps=max_steps,
                 max_epochs=max_epochs,
                 sharpness=sharpness,
                 store=store,

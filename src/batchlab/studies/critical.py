@@ -28,16 +28,13 @@ from batchlab.core.device import resolve_device
 from batchlab.core.store import Store
 from batchlab.errors import bad
 from batchlab.lr import LrRule, optimizer_rule, scale_lr
+from batchlab.measure.branches import BRANCH_ORDERS, EPSILON, MAX_K, loss_metric
 from batchlab.measure.critical_batch import (
-    BRANCH_ORDERS,
-    EPSILON,
-    MAX_K,
     POINTS,
     Measurement,
     _check_branching,
     _check_options,
     _target_limit,
-    loss_metric,
     measure,
 )
 from batchlab.measure.lr_search import tune_lr

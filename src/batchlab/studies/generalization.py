@@ -5,6 +5,7 @@ et al. 2017)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -48,11 +49,57 @@ def generalization(
     lr_large = scale_lr(LrRule.SQRT, lr_ref=workload.lr, batch_ref=small, batch_size=large)
     n = workload.train_size  # as many updates as the small batch (Hoffer et al.'s regime adaptation)
     longer = epochs * (n // small) / (n // large)
+    arms = _arms(
+        workload,
+        small=small,
+        large=large,
+        lr_large=lr_large,
+        epochs=epochs,
+        longer=longer,
+        ghost=ghost if has_norm else None,
+    )
+    rows, runs = run_arms(
+        arms, workload, store=store, seed=seed, device=device, progress=progress, sharpness=True
+    )
+    findings = _findings({r["group"]: r for r in rows}, workload, small=small, large=large, epochs=epochs)
+    return StudyResult(
+        study=StudyName.GENERALIZATION.value,
+        workload=workload.name,
+        question="Do large batches generalize worse, and do ghost batch norm and longer training "
+        "close the gap?",
+        findings=tuple(findings),
+        settings={
+            "small": small,
+            "large": large,
+            "epochs": epochs,
+            "longer_epochs": longer,
+            "ghost_batch_size": ghost if has_norm else None,
+            "lr_small": workload.lr,
+            "lr_large": lr_large,
+            "seed": seed,
+        },
+        rows=tuple(rows),
+        runs=tuple(runs),
+    )
+
+
+def _arms(
+    workload: Workload,
+    *,
+    small: int,
+    large: int,
+    lr_large: float,
+    epochs: float,
+    longer: float,
+    ghost: int | None,
+) -> list[Arm]:
+    """Small and large batch for the same epochs; the large one with ghost batch norm (where the model
+    has batch norm: `ghost`), for as many updates as the small one, and with both."""
     arms = [
         Arm(label=f"small B={small}", batch_size=small, lr=workload.lr, epochs=epochs, group="small"),
         Arm(label=f"large B={large}", batch_size=large, lr=lr_large, epochs=epochs, group="large"),
     ]
-    if has_norm:
+    if ghost is not None:
         arms.append(
             Arm(
                 label=f"large + ghost BN ({ghost})",
@@ -72,7 +119,7 @@ def generalization(
             group="large+longer",
         )
     )
-    if has_norm:
+    if ghost is not None:
         arms.append(
             Arm(
                 label=f"large + ghost BN, {longer:.3g} epochs",
@@ -83,10 +130,13 @@ def generalization(
                 ghost_batch_size=ghost,
             )
         )
-    rows, runs = run_arms(
-        arms, workload, store=store, seed=seed, device=device, progress=progress, sharpness=True
-    )
-    by = {r["group"]: r for r in rows}
+    return arms
+
+
+def _findings(
+    by: dict[str, dict[str, Any]], workload: Workload, *, small: int, large: int, epochs: float
+) -> list[str]:
+    """What the arms' rows say: the gap and sharpness of each, against Keskar et al.'s observation."""
     s, big = by["small"], by["large"]
     findings = [
         f"Small batch {small}: train loss {fmt_value(s['final_train_loss'])}, eval loss "
@@ -119,26 +169,8 @@ def generalization(
                 f"gap {fmt_value(r['generalization_gap'])}, "
                 f"sharpness {fmt_value(r.get('sharpness'))}."
             )
-    if not has_norm:
+    if "large+ghost" not in by:
         findings.append(
             f"{workload.name}'s model has no BatchNorm layer: the ghost batch norm arms were left out."
         )
-    return StudyResult(
-        study=StudyName.GENERALIZATION.value,
-        workload=workload.name,
-        question="Do large batches generalize worse, and do ghost batch norm and longer training "
-        "close the gap?",
-        findings=tuple(findings),
-        settings={
-            "small": small,
-            "large": large,
-            "epochs": epochs,
-            "longer_epochs": longer,
-            "ghost_batch_size": ghost if has_norm else None,
-            "lr_small": workload.lr,
-            "lr_large": lr_large,
-            "seed": seed,
-        },
-        rows=tuple(rows),
-        runs=tuple(runs),
-    )
+    return findings
