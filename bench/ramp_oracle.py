@@ -31,7 +31,8 @@ import batchlab
 from batchlab.lr import LrRule, scale_lr
 from batchlab.measure.critical_batch import VALIDATION_LENGTH
 from batchlab.schedule import BatchSchedule, Phase
-from batchlab.studies.critical import loss_difference, seed_summary
+from batchlab.studies.critical import seed_summary
+from batchlab.studies.critical_findings import loss_difference
 from batchlab.studies.run import run_study
 
 BENCH = Path(__file__).parent

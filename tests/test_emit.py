@@ -3,13 +3,15 @@ function."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from batchlab import ConfigError
-from batchlab.render.emit import Emit, render, trainer_settings
+import batchlab
+from batchlab import Advice, ConfigError
+from batchlab.advise.emit import Emit, render, trainer_settings
 
 from .helpers import invoke
 
@@ -61,3 +63,17 @@ def test_advise_keeps_the_settings_and_prints_them(tmp_path: Path) -> None:
     assert s["lr"] == data["lr"]
     assert data["emitted"]["hf"] in result.stdout
     assert f"per_device_train_batch_size={s['per_device_batch_size']}," in result.stdout
+    # advice.json is Advice.to_dict(): the Python API returns every field the command writes.
+    assert set(data) == {f.name for f in dataclasses.fields(Advice)}
+
+
+def test_the_python_api_returns_the_settings_the_command_writes() -> None:
+    """batchlab.advise(..., devices=2, emit="hf") carries the trainer settings and the emitted code."""
+    advice = batchlab.advise("linreg", devices=2, emit="hf")
+    settings = advice.trainer_settings
+    assert settings is not None and settings["devices"] == 2
+    assert settings["per_device_batch_size"] * settings["accumulation"] * 2 == advice.batch_size
+    assert advice.emitted is not None
+    assert f"per_device_train_batch_size={settings['per_device_batch_size']}," in advice.emitted["hf"]
+    with pytest.raises(ConfigError, match="emit must be one of"):
+        batchlab.advise("linreg", emit="vim")

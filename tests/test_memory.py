@@ -11,7 +11,8 @@ import pytest
 
 from batchlab import WorkloadError
 from batchlab.core.device import is_out_of_memory
-from batchlab.measure.memory import Pace, fit_memory_model, probe_memory, search_max_batch
+from batchlab.measure.memory import probe_memory
+from batchlab.measure.memory_search import Pace, fit_memory_model, search_max_batch
 from batchlab.measure.memory_trial import MemoryTrial, TrialPlan, TrialServer
 
 DATA = Path(__file__).parent / "data" / "memory_workloads.py"

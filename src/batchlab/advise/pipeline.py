@@ -25,23 +25,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from batchlab.advise.budget import Budget
 from batchlab.advise.choice import cap_from_memory, choose_point
+from batchlab.advise.emit import Emit, as_emit, with_trainer_settings
 from batchlab.advise.evidence import speedup_evidence, validate_advice
 from batchlab.advise.model import (
     forecast_speedup,
     predict,
     throughput_stop,
 )
+from batchlab.advise.ramp import ramp_offer
 from batchlab.advise.rationale import rationale_lines
 from batchlab.advise.reference import reference_noise
 from batchlab.advise.result import Advice, Prediction
 from batchlab.core import dist as _dist
+from batchlab.core.store import Store
 from batchlab.errors import bad
 from batchlab.lr import LrRule
 from batchlab.measure.lr_search import Measured, measured_run
@@ -63,8 +66,17 @@ class AdviseConfig:
     budget_seconds: float | None = None  # past it the advice stops measuring and says so
     validate: bool = False  # train the advice to the target and measure the speedup
     full_memory: bool = False  # probe memory to the edge, not only as far as the choice needs
+    schedule: bool = False  # also measure the critical batch along a run and offer a batch ramp
+    devices: int = 1  # the trainer settings split the batch over this many devices
+    emit: Emit | None = None  # and are pasted as this trainer's code
 
     def __post_init__(self) -> None:
+        devices = self.devices
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise bad("--devices", devices, "an integer >= 1", "pass --devices 8, say")
+        if self.emit is not None:
+            object.__setattr__(self, "emit", as_emit(self.emit))  # a string from Python callers
+
         limit = self.memory_limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise bad("memory_limit", limit, "a whole number of bytes >= 1", "pass --memory-limit 2GiB")
@@ -116,6 +128,10 @@ def advise(
     budget_seconds: float | None = None,
     validate: bool = False,
     full_memory: bool = False,
+    schedule: bool = False,
+    devices: int = 1,
+    emit: Emit | str | None = None,
+    store: Store | None = None,
     progress: Progress | None = None,
 ) -> Advice:
     """Measure noise, throughput and memory; recommend the batch size and learning rate that
@@ -132,12 +148,18 @@ def advise(
         budget_seconds=budget_seconds,
         validate=validate,
         full_memory=full_memory,
+        schedule=schedule,
+        devices=devices,
+        emit=None if emit is None else as_emit(emit),
     )
-    return run_advice(load_workload(workload), config, progress=progress)
+    return run_advice(load_workload(workload), config, store=store, progress=progress)
 
 
-def run_advice(workload: Workload, config: AdviseConfig, *, progress: Progress | None = None) -> Advice:
-    """`advise` with its options as one config."""
+def run_advice(
+    workload: Workload, config: AdviseConfig, *, store: Store | None = None, progress: Progress | None = None
+) -> Advice:
+    """`advise` with its options as one config. `store` keeps the ramp's runs (with `schedule`), so
+    that a killed command resumes past them."""
     _dist.init_from_env()
     world = _dist.world_size()
     if workload.batch_size % world:
@@ -163,7 +185,11 @@ def run_advice(workload: Workload, config: AdviseConfig, *, progress: Progress |
             f"{config.budget_seconds:.0f}s budget"
         )
     budget.enter(None)
-    return _advice(workload, found, choice, budget, limitations)
+    advice = _advice(workload, found, choice, budget, limitations)
+    if config.schedule:
+        ramp = ramp_offer(workload, advice, store=store, device=config.device, say=say)
+        advice = replace(advice, schedule=ramp)
+    return with_trainer_settings(advice, workload, devices=config.devices, emit=config.emit)
 
 
 def _measure(

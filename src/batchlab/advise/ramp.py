@@ -4,11 +4,14 @@ advised batch and rate (branched training, Merrill et al. 2025), and the updates
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from batchlab.advise.result import Advice
 from batchlab.core.store import Store
+from batchlab.errors import BatchlabError
 from batchlab.measure.branches import EPSILON, ramp_updates
 from batchlab.measure.critical_batch import measure
 from batchlab.workload import Workload
@@ -71,3 +74,28 @@ def schedule_advice(
         "points": found.rows,
         "settings": found.settings,
     }
+
+
+def ramp_offer(
+    workload: Workload,
+    advice: Advice,
+    *,
+    store: Store | None,
+    device: str | torch.device,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """`advise --schedule`: the ramp from the advised point (its runs kept in `store`), or why there is
+    none; the advice itself stands either way."""
+    try:
+        return schedule_advice(
+            workload,
+            batch_size=advice.batch_size,
+            lr=advice.lr,
+            max_batch_size=advice.max_batch_size,
+            cap_is_lower_bound=advice.max_batch_size_is_lower_bound,
+            store=store,
+            device=device,
+            progress=lambda text: say(f"schedule: {text}"),
+        )
+    except BatchlabError as error:
+        return {"offered": False, "why": f"no ramp could be measured: {error}"}

@@ -65,6 +65,12 @@ class Advice:
     # The chosen batch and the reference batch timed again side by side (SIDE_BY_SIDE_REPEATS blocks
     # each, interleaved): the step times of the predicted seconds and the speedup.
     step_timing: dict[str, Any] | None = field(default=None, repr=False)
+    # With `schedule`: the batch ramp offered from the advised point, or why none is.
+    schedule: dict[str, Any] | None = None
+    # The advice as a trainer's settings over `devices` (per-device batch, accumulation, rate), and
+    # with `emit` those settings pasted as that trainer's code; None where they cannot be made.
+    trainer_settings: dict[str, Any] | None = None
+    emitted: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 
+from batchlab.advise.emit import Emit
 from batchlab.advise.pipeline import advise
-from batchlab.advise.ramp import schedule_advice
 from batchlab.cli.options import (
     DEFAULT_WORKLOAD,
     DeviceOpt,
@@ -25,11 +24,9 @@ from batchlab.cli.options import (
 from batchlab.cli.shell import err_console, guarded, single_process
 from batchlab.core import dist as _dist
 from batchlab.core.units import parse_bytes
-from batchlab.errors import BatchlabError, bad
+from batchlab.errors import bad
 from batchlab.integrations import tensorboard as _tensorboard
 from batchlab.integrations.tensorboard import advice_series
-from batchlab.render.emit import Emit, trainer_settings
-from batchlab.render.emit import render as render_settings
 from batchlab.render.report import write_report
 from batchlab.render.tables import advice_table
 from batchlab.workloads import load_workload
@@ -65,67 +62,39 @@ def advise_command(
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
 
     _tensorboard.check_available(tensorboard)
-    device_count = devices
-    if device_count < 1:
-        raise bad("--devices", devices, "an integer >= 1", "pass --devices 8, say")
     wl = load_workload(workload)
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
     console = err_console()  # the spinner on rank 0 alone
-    with console.status("", spinner="dots") as status:
-        result = advise(
-            wl,
-            device=device,
-            memory_limit=limit,
-            budget_seconds=budget_seconds,
-            validate=validate,
-            full_memory=full_memory,
-            progress=lambda text: status.update(f"[bold]{text}"),
-        )
+    store = open_store(out) if schedule else None  # the ramp's runs, kept so that it resumes
+    try:
+        with console.status("", spinner="dots") as status:
+            result = advise(
+                wl,
+                device=device,
+                memory_limit=limit,
+                budget_seconds=budget_seconds,
+                validate=validate,
+                full_memory=full_memory,
+                schedule=schedule,
+                devices=devices,
+                emit=emit,
+                store=store,
+                progress=lambda text: status.update(f"[bold]{text}"),
+            )
+    finally:
+        if store is not None:
+            store.close()
     data = result.to_dict()
-    if schedule:
-        data["schedule"] = advise_schedule(wl, data, out=out, device=device, console=console)
-    cap = None if data["max_batch_size"] is None else data["max_batch_size"] // data["world_size"]
-    try:  # (a --devices that does not divide the advised batch is said after the advice, not instead)
-        settings = trainer_settings(data["batch_size"], data["lr"], devices=device_count, max_per_device=cap)
-        data["trainer_settings"] = settings.to_dict()
-        if emit is not None:
-            data["emitted"] = {emit.value: render_settings(settings, emit, workload=wl.name, spec=wl.spec)}
-    except BatchlabError as error:
-        data["trainer_settings"], data["emitted"] = None, {"error": str(error)}
     save(out, "advice", wl.name, data)
     if tensorboard is not None and _dist.is_main():
         _tensorboard.write_series(tensorboard, f"{wl.name}-advice", advice_series(data))
     show_result(data, advice_table, as_json=as_json)
     if emit is not None and not as_json:
-        text = data["emitted"].get(emit.value) or f"# no {emit.value} settings: {data['emitted']['error']}"
+        emitted = data["emitted"] or {}
+        text = emitted.get(emit.value) or f"# no {emit.value} settings: {emitted.get('error')}"
         Console().print(text, highlight=False, markup=False, soft_wrap=True)
     if _dist.is_main():
         console.print(f"report: [bold]{write_report(out)}[/]", highlight=False)
-
-
-def advise_schedule(
-    wl: Any, data: dict[str, Any], *, out: Path, device: str, console: Console
-) -> dict[str, Any]:
-    """`advise --schedule`: the ramp from the advised point, its runs kept in the store (resumable)."""
-
-    store = open_store(out)
-    try:
-        with console.status("", spinner="dots") as status:
-            return schedule_advice(
-                wl,
-                batch_size=data["batch_size"],
-                lr=data["lr"],
-                max_batch_size=data["max_batch_size"],
-                cap_is_lower_bound=data["max_batch_size_is_lower_bound"],
-                store=store,
-                device=device,
-                progress=lambda text: status.update(f"[bold]schedule: {text}"),
-            )
-    except BatchlabError as error:  # the advice itself stands: keep it, and say why there is no ramp
-        return {"offered": False, "why": f"no ramp could be measured: {error}"}
-    finally:
-        if store is not None:
-            store.close()
 
 
 @guarded(lock=False)

@@ -22,6 +22,7 @@ from batchlab.core.json_safe import json_safe
 from batchlab.core.step import _grad_list, _sq_norm
 from batchlab.errors import bad
 from batchlab.train.loop import train
+from batchlab.train.result import CurvePoint
 from batchlab.workload import Workload
 from batchlab.workloads import load_workload
 
@@ -33,6 +34,16 @@ class NoisePoint:
     train_loss: float | None
     eval_loss: float | None
     b_simple: float | None
+
+    @classmethod
+    def of(cls, point: CurvePoint) -> NoisePoint:
+        return cls(
+            step=point.step,
+            examples=point.examples,
+            train_loss=point.train_loss,
+            eval_loss=point.eval_loss,
+            b_simple=point.b_simple,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,20 +101,7 @@ def measure_noise(
     """
     workload = load_workload(workload)
     size = workload.batch_size if batch_size is None else batch_size
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 2:
-        raise bad(
-            "micro_batches",
-            micro_batches,
-            "an integer >= 2 (two batch sizes are needed)",
-            "pass --micro-batches 4",
-        )
-    if isinstance(size, int) and size % micro_batches:
-        raise bad(
-            "batch_size",
-            size,
-            f"a multiple of micro_batches ({micro_batches})",
-            f"pass --batch-size {micro_batches * max(1, size // micro_batches)}",
-        )
+    _check_split(size, micro_batches)
     if steps is None:
         steps = max(200, 2 * workload.train_size // max(size, 1))
     result = train(
@@ -128,17 +126,6 @@ def measure_noise(
         max_examples=max_examples,
         seed=seed,
     )
-    history = tuple(
-        NoisePoint(
-            step=p.step,
-            examples=p.examples,
-            train_loss=p.train_loss,
-            eval_loss=p.eval_loss,
-            b_simple=p.b_simple,
-        )
-        for p in result.curve
-        if p.step > 0
-    )
     estimate = NoiseEstimate(
         workload=workload.name,
         batch_size=size,
@@ -151,9 +138,27 @@ def measure_noise(
         trace_sigma=final.trace_sigma,
         measured_examples=final.micro_batches * size // micro_batches,
         final_train_loss=result.final_train_loss,
-        history=history,
+        history=tuple(NoisePoint.of(p) for p in result.curve if p.step > 0),
     )
     return estimate, result.model if keep_model else None
+
+
+def _check_split(size: int, micro_batches: int) -> None:
+    """Two batch sizes are needed: the batch splits into `micro_batches` >= 2 equal parts."""
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 2:
+        raise bad(
+            "micro_batches",
+            micro_batches,
+            "an integer >= 2 (two batch sizes are needed)",
+            "pass --micro-batches 4",
+        )
+    if isinstance(size, int) and size % micro_batches:
+        raise bad(
+            "batch_size",
+            size,
+            f"a multiple of micro_batches ({micro_batches})",
+            f"pass --batch-size {micro_batches * max(1, size // micro_batches)}",
+        )
 
 
 class PassReading(NamedTuple):

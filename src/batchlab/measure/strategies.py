@@ -20,7 +20,8 @@ from batchlab.core.device import resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Precision
 from batchlab.errors import ConfigError
-from batchlab.measure.memory import MemoryProfile, Pace, probe_memory
+from batchlab.measure.memory import MemoryProfile, probe_memory
+from batchlab.measure.memory_search import Pace
 from batchlab.measure.memory_trial import MemoryTrial
 from batchlab.measure.throughput import profile_throughput
 from batchlab.train.model import fresh_model
@@ -127,6 +128,40 @@ def compare_strategies(
         )
     answers = [p.max_batch_size for p in profiles.values() if p.max_batch_size]
     common = min([*answers, max(workload.batch_size, TIMED_BATCH_CEILING)]) if answers else None
+    rows = _rows(workload, plan, profiles, common, dev, say)
+    rows = _with_bf16_verdict(rows, dev)
+    rows.append(
+        _accumulation_row(workload, profiles["fp32"].max_batch_size, common, accumulation, dev, say, world)
+    )
+    if not blocks:
+        rows.append(
+            StrategyRow(
+                strategy="checkpoint",
+                checkpoint=True,
+                note="the model has no `blocks` to wrap",
+            )
+        )
+    limit = profiles["fp32"].limit_bytes
+    return StrategyReport(
+        workload=workload.name,
+        device=str(dev),
+        limit_bytes=limit,
+        common_batch_size=common,
+        strategies=tuple(rows),
+        world_size=world,
+    )
+
+
+def _rows(
+    workload: Workload,
+    plan: list[tuple[str, Precision, bool]],
+    profiles: dict[str, MemoryProfile],
+    common: int | None,
+    dev: torch.device,
+    say: Callable[[str], None],
+) -> list[StrategyRow]:
+    """Each strategy's row: its memory answer, and its speed timed at the batch all of them fit."""
+    world = _dist.world_size()
     rows = []
     for name, precision, checkpoint in plan:
         profile = profiles[name]
@@ -156,27 +191,7 @@ def compare_strategies(
                 note=_note(profile),
             )
         )
-    rows = _with_bf16_verdict(rows, dev)
-    rows.append(
-        _accumulation_row(workload, profiles["fp32"].max_batch_size, common, accumulation, dev, say, world)
-    )
-    if not blocks:
-        rows.append(
-            StrategyRow(
-                strategy="checkpoint",
-                checkpoint=True,
-                note="the model has no `blocks` to wrap",
-            )
-        )
-    limit = profiles["fp32"].limit_bytes
-    return StrategyReport(
-        workload=workload.name,
-        device=str(dev),
-        limit_bytes=limit,
-        common_batch_size=common,
-        strategies=tuple(rows),
-        world_size=world,
-    )
+    return rows
 
 
 def _note(profile: MemoryProfile) -> str:

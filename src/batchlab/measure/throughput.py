@@ -307,6 +307,33 @@ def _did_not_fit(batch_size: int) -> ThroughputPoint:
     )
 
 
+def _sizes(
+    workload: Workload, batch_sizes: list[int] | None, max_batch_size: int | None, unit: int
+) -> list[int]:
+    """The batches to time, each checked: global batches that split over the ranks and micro-batches
+    (`unit`); by default the powers of two up to the cap."""
+    world, accumulation = _dist.world_size(), unit // _dist.world_size()
+    cap = (
+        workload.train_size
+        if max_batch_size is None
+        else check_batch_size(max_batch_size, workload.train_size, field="max_batch_size")
+    )
+    sizes = default_batch_sizes(cap) if batch_sizes is None else sorted(set(batch_sizes))
+    if world > 1 and batch_sizes is None:
+        sizes = [b for b in sizes if b % unit == 0]
+    for b in sizes:
+        check_batch_size(b, workload.train_size, field="batch_sizes")
+        if b % unit:
+            raise bad(
+                "batch_sizes",
+                b,
+                f"a multiple of world size {world} x accumulation {accumulation} = {unit} "
+                "(batch sizes are global)",
+                f"pass --batch-sizes {unit},{2 * unit},{4 * unit}",
+            )
+    return sizes
+
+
 def profile_throughput(
     workload: Workload | str,
     *,
@@ -340,25 +367,7 @@ def profile_throughput(
     _dist.init_from_env()
     world = _dist.world_size()
     dev = resolve_device(device)
-    cap = (
-        workload.train_size
-        if max_batch_size is None
-        else check_batch_size(max_batch_size, workload.train_size, field="max_batch_size")
-    )
-    sizes = default_batch_sizes(cap) if batch_sizes is None else sorted(set(batch_sizes))
-    unit = world * accumulation
-    if world > 1 and batch_sizes is None:
-        sizes = [b for b in sizes if b % unit == 0]
-    for b in sizes:
-        check_batch_size(b, workload.train_size, field="batch_sizes")
-        if b % unit:
-            raise bad(
-                "batch_sizes",
-                b,
-                f"a multiple of world size {world} x accumulation {accumulation} = {unit} "
-                "(batch sizes are global)",
-                f"pass --batch-sizes {unit},{2 * unit},{4 * unit}",
-            )
+    sizes = _sizes(workload, batch_sizes, max_batch_size, accumulation)
     if repeats < 1 or warmup_steps < 0:
         raise bad("repeats", repeats, "an integer >= 1 (and warmup_steps >= 0)")
     amp = as_precision(precision, dev)
@@ -375,12 +384,9 @@ def profile_throughput(
             data_parallel=data_parallel,
         )
 
+    alone = stepper(data_parallel=False) if world > 1 else None  # one rank by itself, for the scaling
     curve = _Curve(
-        stepper(data_parallel=True),
-        stepper(data_parallel=False) if world > 1 else None,
-        warmup_steps=warmup_steps,
-        steps=steps,
-        repeats=repeats,
+        stepper(data_parallel=True), alone, warmup_steps=warmup_steps, steps=steps, repeats=repeats
     )
     out_of_memory = curve.climb(
         sizes,

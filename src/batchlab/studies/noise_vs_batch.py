@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,30 +70,7 @@ def noise_vs_batch(
     for b in sizes:
         if progress:
             progress(f"batches of {b}")
-        errors = []
-        # At least a training set's worth of examples per size: single-example errors are heavy-tailed
-        # (a few examples carry most of tr(Sigma)), and 64 draws of them typically miss those few.
-        for _ in range(max(draws, math.ceil(n / b))):
-            idx = torch.randperm(n, generator=generator)[:b].to(dev)
-            errors.append(
-                float((flat_mean_gradient(model, workload, [(x_all[idx], y_all[idx])]) - full).pow(2).sum())
-            )
-        mean = float(np.mean(errors))
-        stderr = float(np.std(errors, ddof=1) / math.sqrt(len(errors)))
-        law = exact["trace_sigma"] / b * (n - b) / (n - 1)
-        rows.append(
-            {
-                "batch_size": b,
-                "draws": len(errors),
-                "spread": math.sqrt(mean),
-                "mean_sq_error": mean,
-                "mean_sq_stderr": stderr,
-                "law_sq": law,
-                "law_spread": math.sqrt(law),
-                "ratio": mean / law,
-                "z": (mean - law) / stderr if stderr > 0 else 0.0,
-            }
-        )
+        rows.append(_row(model, workload, x_all, y_all, full, b, draws, exact["trace_sigma"], generator))
     small = [r for r in rows if r["batch_size"] <= n / 8]
     slope = float(
         np.polyfit(np.log([r["batch_size"] for r in small]), np.log([r["spread"] for r in small]), 1)[0]
@@ -116,6 +94,44 @@ def noise_vs_batch(
         rows=tuple(rows),
         extra={"exponent": slope, "grad_norm": grad_norm, **exact},
     )
+
+
+def _row(
+    model: torch.nn.Module,
+    workload: Workload,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    full: torch.Tensor,
+    b: int,
+    draws: int,
+    trace_sigma: float,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Batches of `b` drawn without replacement: their gradients' mean squared error from the full
+    gradient `full`, beside the law tr(Sigma)/B (N - B)/(N - 1)."""
+    n = len(y_all)
+    errors = []
+    # At least a training set's worth of examples per size: single-example errors are heavy-tailed
+    # (a few examples carry most of tr(Sigma)), and 64 draws of them typically miss those few.
+    for _ in range(max(draws, math.ceil(n / b))):
+        idx = torch.randperm(n, generator=generator)[:b].to(x_all.device)
+        errors.append(
+            float((flat_mean_gradient(model, workload, [(x_all[idx], y_all[idx])]) - full).pow(2).sum())
+        )
+    mean = float(np.mean(errors))
+    stderr = float(np.std(errors, ddof=1) / math.sqrt(len(errors)))
+    law = trace_sigma / b * (n - b) / (n - 1)
+    return {
+        "batch_size": b,
+        "draws": len(errors),
+        "spread": math.sqrt(mean),
+        "mean_sq_error": mean,
+        "mean_sq_stderr": stderr,
+        "law_sq": law,
+        "law_spread": math.sqrt(law),
+        "ratio": mean / law,
+        "z": (mean - law) / stderr if stderr > 0 else 0.0,
+    }
 
 
 def _all_examples(workload: Workload, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import enum
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from batchlab.errors import bad
+from batchlab.advise.result import Advice
+from batchlab.errors import BatchlabError, bad
+from batchlab.workload import Workload
 
 
 class Emit(str, enum.Enum):
@@ -103,3 +105,25 @@ def render(settings: TrainerSettings, form: Emit, *, workload: str, spec: str | 
             f"# launched on {s.devices} device(s): torchrun --nproc_per_node {s.devices} your_script.py",
         ]
     )
+
+
+def as_emit(form: Emit | str) -> Emit:
+    try:
+        return Emit(form)
+    except ValueError:
+        choices = ", ".join(e.value for e in Emit)
+        raise bad("emit", form, f"one of {choices}", "pass --emit hf") from None
+
+
+def with_trainer_settings(advice: Advice, workload: Workload, *, devices: int, emit: Emit | None) -> Advice:
+    """The advice with its trainer settings over `devices` (and, with `emit`, that trainer's code).
+    A batch that does not split over the devices is said there, not instead of the advice."""
+    cap = None if advice.max_batch_size is None else advice.max_batch_size // advice.world_size
+    try:
+        settings = trainer_settings(advice.batch_size, advice.lr, devices=devices, max_per_device=cap)
+    except BatchlabError as error:
+        return replace(advice, trainer_settings=None, emitted={"error": str(error)})
+    emitted = None
+    if emit is not None:
+        emitted = {emit.value: render(settings, emit, workload=workload.name, spec=workload.spec)}
+    return replace(advice, trainer_settings=settings.to_dict(), emitted=emitted)
