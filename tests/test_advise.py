@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from batchlab.advise.evidence import SIDE_BY_SIDE_REPEATS
 from batchlab.advise.model import candidate_sizes, point_and_window_disagree, predict, throughput_stop
 from batchlab.advise.result import Prediction
 from batchlab.lr import lr_for
+from batchlab.measure.lr_search import Measured, tune_lr
 from batchlab.measure.throughput import ThroughputPoint, ThroughputProfile
 from batchlab.render.report import render_report
 
@@ -236,82 +238,51 @@ def test_candidates_include_reference_and_cap() -> None:
     assert candidate_sizes(100, 32) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
 
 
-def test_lr_doubling_needs_the_target_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lr_doubling_needs_the_target_reached() -> None:
     """Two rates that both miss the target within the cap are not a gain: the search keeps the first."""
-    import importlib
-
-    from batchlab.measure.lr_search import tune_lr
-
-    record_module = importlib.import_module("batchlab.train.record")  # where tuning runs are trained
-
-    calls: list[float] = []
-
-    class Missed:
-        def __init__(self, lr: float) -> None:
-            self.lr, self.reached_target, self.steps_to_target = lr, False, None
-            self.seconds_to_target, self.diverged = None, False
-
-    def fake_train(workload, *, lr, **_):  # type: ignore[no-untyped-def]
-        calls.append(lr)
-        return Missed(lr)
-
-    monkeypatch.setattr(record_module, "train", fake_train)
-    workload = load_workload("digits-mlp")
-    lr, checks = tune_lr(workload, 64, 0.1, 50, "cpu")
+    runs = FakeRuns({(0.1, 0): 999, (0.1, 1): 999, (0.2, 0): 999, (0.2, 1): 999})
+    lr, checks = tune_lr(runs, 64, 0.1, 50)
     assert lr == 0.1
-    assert sorted(set(calls)) == [0.1, 0.2]
+    assert sorted({lr for lr, _, _ in runs.tried}) == [0.1, 0.2]
     assert len(checks) == 2  # a seed that misses ends its rate's attempt: the slower seed decides
 
 
-def test_a_doubling_stops_when_it_can_no_longer_win(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_doubling_stops_when_it_can_no_longer_win() -> None:
     """Rate 0.1 reaches the target in 100 steps on both seeds; the doubled rate must save 10% to be
     kept, so it is trained for at most 90 steps (88, the last evaluation point of an uncapped run
     before that), and missing there ends the search at 0.1."""
-    import importlib
-
-    from batchlab.measure.lr_search import tune_lr
-
-    record_module = importlib.import_module("batchlab.train.record")
-    limits: dict[float, list[int]] = {}
-
-    class Run:
-        def __init__(self, lr: float, steps: int | None) -> None:
-            self.lr, self.reached_target, self.steps_to_target = lr, steps is not None, steps
-            self.seconds_to_target, self.diverged = None if steps is None else 0.01 * steps, False
-
-    def fake_train(workload, *, lr, max_steps, **_):  # type: ignore[no-untyped-def]
-        limits.setdefault(lr, []).append(max_steps)
-        return Run(lr, 100 if lr == 0.1 else None)
-
-    monkeypatch.setattr(record_module, "train", fake_train)
-    workload = load_workload("digits-mlp")
-    lr, checks = tune_lr(workload, 64, 0.1, 160, "cpu")
+    runs = FakeRuns({(0.1, 0): 100, (0.1, 1): 100, (0.2, 0): 999, (0.2, 1): 999})
+    lr, checks = tune_lr(runs, 64, 0.1, 160)
     assert lr == 0.1
-    assert limits == {0.1: [160, 160], 0.2: [88]}  # 90, down to the evaluation grid
+    assert runs.tried == [(0.1, 0, 160), (0.1, 1, 160), (0.2, 0, 88)]  # 90, down to the evaluation grid
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]
 
 
-def _tuning_fake(monkeypatch: pytest.MonkeyPatch, outcome: dict[tuple[float, int], int | None]) -> list:
-    """Tuning runs that take `outcome[(lr, seed)]` steps to the target (None: diverged), or miss it
-    when that is past their step limit; returns the (lr, seed, limit) of each run, in order."""
-    import importlib
+class FakeRuns:
+    """Runs to the target that take `outcome[(lr, seed)]` steps (None: diverged), or miss it when that
+    is past their step limit; `tried` keeps the (lr, seed, limit) of each run, in order, and `on_run`
+    is told each run's steps (a fake clock advances with it)."""
 
-    record_module = importlib.import_module("batchlab.train.record")  # where tuning runs are trained
-    tried: list[tuple[float, int, int]] = []
+    def __init__(
+        self, outcome: dict[tuple[float, int], int | None], on_run: Callable[[float, int], None] | None = None
+    ) -> None:
+        self.outcome, self.on_run = outcome, on_run
+        self.tried: list[tuple[float, int, int]] = []
 
-    class Run:
-        def __init__(self, lr: float, steps: int | None, limit: int) -> None:
-            self.lr, self.diverged = lr, steps is None
-            self.steps_to_target = None if steps is None or steps > limit else steps
-            self.reached_target = self.steps_to_target is not None
-            self.seconds_to_target = None if self.steps_to_target is None else 0.01 * self.steps_to_target
-
-    def fake_train(workload, *, lr, max_steps, seed, **_):  # type: ignore[no-untyped-def]
-        tried.append((round(lr, 4), seed, max_steps))
-        return Run(lr, outcome[(round(lr, 4), seed)], max_steps)
-
-    monkeypatch.setattr(record_module, "train", fake_train)
-    return tried
+    def to_target(self, batch_size: int, lr: float, seed: int, max_steps: int) -> Measured:
+        self.tried.append((round(lr, 4), seed, max_steps))
+        steps = self.outcome[(round(lr, 4), seed)]
+        reached = None if steps is None or steps > max_steps else steps
+        if self.on_run is not None:
+            self.on_run(lr, reached or max_steps)
+        return Measured(
+            batch_size=batch_size,
+            lr=lr,
+            reached_target=reached is not None,
+            steps_to_target=reached,
+            seconds_to_target=None if reached is None else 0.01 * reached,
+            diverged=steps is None,
+        )
 
 
 @pytest.mark.parametrize(
@@ -323,7 +294,7 @@ def _tuning_fake(monkeypatch: pytest.MonkeyPatch, outcome: dict[tuple[float, int
     ],
 )
 def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on_another_seed(
-    monkeypatch: pytest.MonkeyPatch, seed1_at_top: int | None, expected_lr: float, expected_tail: list
+    seed1_at_top: int | None, expected_lr: float, expected_tail: list
 ) -> None:
     """With `confirm`, seed 0 alone searches, from the middle of the range (rule rate 0.1 x 2): 80
     steps at 0.2, then 0.4 within 90% of that (72), which it meets in 60. Seed 1 then trains at 0.4
@@ -334,8 +305,9 @@ def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on
     from batchlab.measure.lr_search import tune_lr
 
     outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 80, (0.4, 1): seed1_at_top}
-    tried = _tuning_fake(monkeypatch, outcome)
-    lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True)
+    runs = FakeRuns(outcome)
+    lr, checks = tune_lr(runs, 64, 0.1, 160, confirm=True)
+    tried = runs.tried
     assert lr == expected_lr
     assert tried == [(0.2, 0, 160), (0.4, 0, 72), *expected_tail]
     assert all(m.steps_to_target is not None for m in checks if m.lr == lr)
@@ -343,7 +315,7 @@ def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on
 
 @pytest.mark.parametrize(("seed0_at_low", "expected_lr"), [(85, 0.1), (95, 0.2)])
 def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_pay(
-    monkeypatch: pytest.MonkeyPatch, seed0_at_low: int, expected_lr: float
+    seed0_at_low: int, expected_lr: float
 ) -> None:
     """0.2 takes 80 steps, 0.4 misses within 72: the search halves to 0.1, which takes over only if
     it reaches the target in fewer than 80 / 0.9 steps (at most 88). In 85 it does, and seed 1
@@ -351,8 +323,9 @@ def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_p
     from batchlab.measure.lr_search import tune_lr
 
     outcome = {(0.2, 0): 80, (0.4, 0): 75, (0.1, 0): seed0_at_low, (0.1, 1): seed0_at_low, (0.2, 1): 80}
-    tried = _tuning_fake(monkeypatch, outcome)
-    lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True)
+    runs = FakeRuns(outcome)
+    lr, _ = tune_lr(runs, 64, 0.1, 160, confirm=True)
+    tried = runs.tried
     assert lr == expected_lr
     if expected_lr == 0.1:
         assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.1, 0, 88), (0.1, 1, 160)]
@@ -369,7 +342,7 @@ def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_p
     ],
 )
 def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diverged(
-    monkeypatch: pytest.MonkeyPatch, between: int | None, expected_lr: float, expected_tail: list
+    between: int | None, expected_lr: float, expected_tail: list
 ) -> None:
     """The search starts at 0.4 (rule rate 0.2 x 2), which diverges; 0.2 reaches the target in 100
     steps. Doubling 0.2 would train 0.4 again on the same seed (it can only lose), so it is not; the
@@ -380,15 +353,14 @@ def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diver
     from batchlab.measure.lr_search import tune_lr
 
     outcome = {(0.4, 0): None, (0.2, 0): 100, (0.2828, 0): between, (0.2, 1): 100, (0.2828, 1): 80}
-    tried = _tuning_fake(monkeypatch, outcome)
-    lr, _ = tune_lr(load_workload("digits-mlp"), 64, 0.2, 160, "cpu", confirm=True)
+    runs = FakeRuns(outcome)
+    lr, _ = tune_lr(runs, 64, 0.2, 160, confirm=True)
+    tried = runs.tried
     assert lr == pytest.approx(expected_lr, abs=1e-4)
     assert tried == [(0.4, 0, 160), (0.2, 0, 160), (0.2828, 0, 88), *expected_tail]
 
 
-def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_at_the_reference_batch_the_search_starts_from_the_reference_run() -> None:
     """The reference run (lr 0.1, seed 0, 100 steps) is not trained again. Doubling it must reach
     the target within 90 steps (it takes 95: no); then halving goes on while the lower rate reaches
     it in fewer than steps / 0.9: 0.05 in 85 (< 111.1), 0.025 in 80 (< 94.4), as far as two
@@ -400,8 +372,9 @@ def test_at_the_reference_batch_the_search_starts_from_the_reference_run(
         batch_size=64, lr=0.1, reached_target=True, steps_to_target=100, seconds_to_target=1.0, diverged=False
     )
     outcome = {(0.2, 0): 95, (0.05, 0): 85, (0.025, 0): 80, (0.025, 1): 82}
-    tried = _tuning_fake(monkeypatch, outcome)
-    lr, checks = tune_lr(load_workload("digits-mlp"), 64, 0.1, 160, "cpu", confirm=True, first=reference)
+    runs = FakeRuns(outcome)
+    lr, checks = tune_lr(runs, 64, 0.1, 160, confirm=True, first=reference)
+    tried = runs.tried
     assert lr == 0.025
     assert tried == [(0.2, 0, 88), (0.05, 0, 108), (0.025, 0, 92), (0.025, 1, 160)]
     assert checks[0] is reference
@@ -425,9 +398,7 @@ def _digits_mlp_reference():  # type: ignore[no-untyped-def]
     return load_workload("digits-mlp"), reference, best
 
 
-def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice() -> None:
     """From the reference run (0.05, 100 steps): 0.1 misses within 90, 0.025 takes over (85), 0.0125 misses
     within 94 (caps on the evaluation grid: 88, 108, 92). Each run may take twice the reference's steps
     (200). Seed 1 diverges at 0.025 and misses at 0.0125: no rate but the reference's has reached the
@@ -437,9 +408,10 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
 
     workload, reference, best = _digits_mlp_reference()
     outcome = {(0.1, 0): 95, (0.025, 0): 85, (0.0125, 0): 100, (0.025, 1): None, (0.0125, 1): 300}
-    tried = _tuning_fake(monkeypatch, outcome)
+    runs = FakeRuns(outcome)
     limitations: list[str] = []
-    lr, checks = tune_reference_rate(workload, best, reference, "cpu", Budget(None), limitations, print)
+    lr, checks = tune_reference_rate(workload, best, reference, runs, Budget(None), limitations, print)
+    tried = runs.tried
     assert lr == 0.05
     assert tried == [(0.1, 0, 88), (0.025, 0, 108), (0.0125, 0, 92), (0.025, 1, 200), (0.0125, 1, 200)]
     assert [m.lr for m in checks] == [0.1, 0.025, 0.0125, 0.025, 0.0125]
@@ -449,9 +421,7 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice(
     )
 
 
-def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_two_seeds(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_two_seeds() -> None:
     """From the reference run (0.05, 100 steps): 0.025 takes over (85 < 108), 0.0125 misses within 92;
     seed 1 reaches at 0.025 (90) and 0.0125 cannot take over there (300): the answer is 0.025. The
     reference rate then trains on seed 1 too (140 steps), and the speedup compares the means of two
@@ -470,8 +440,9 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
         (0.0125, 1): 300,
         (0.05, 1): 140,
     }
-    tried = _tuning_fake(monkeypatch, outcome)
-    lr, checks = tune_reference_rate(workload, best, reference, "cpu", Budget(None), [], print)
+    runs = FakeRuns(outcome)
+    lr, checks = tune_reference_rate(workload, best, reference, runs, Budget(None), [], print)
+    tried = runs.tried
     assert lr == 0.025
     assert tried == [
         (0.1, 0, 88),
@@ -566,7 +537,7 @@ def test_point_and_window_disagree_beyond_three_combined_standard_errors(
     ],
 )
 def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
-    monkeypatch: pytest.MonkeyPatch, spent: float, left: float | None, tried: list, said: str | None
+    spent: float, left: float | None, tried: list, said: str | None
 ) -> None:
     """Seed 1 of the reference point joins the speedup's reference steps only within the advice's cost
     in proportion to one reference run (REFERENCE_RUNS runs + EXTRA_SECONDS); else the limitation
@@ -576,13 +547,13 @@ def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
     from batchlab.advise.model import forecast_speedup
 
     workload, reference, best = _digits_mlp_reference()
-    runs = _tuning_fake(monkeypatch, {(0.05, 1): 140})
+    fake = FakeRuns({(0.05, 1): 140})
     budget = Budget(None if left is None else left + spent)
     budget.start -= spent
     limitations: list[str] = []
     timing = _timed({256: 0.02, 32: 0.01})
-    checks = reference_seed(workload, reference, [], timing, "cpu", budget, limitations, print)
-    assert runs == tried
+    checks = reference_seed(workload, reference, [], timing, fake, budget, limitations, print)
+    assert fake.tried == tried
     assert [m.steps_to_target for m in checks] == ([140] if tried else [])
     assert (said is None) == (not limitations) and all(said in line for line in limitations)
     # The speedup: the mean of the seeds' steps at the timed step, over the chosen batch's 30 steps of 20 ms.
@@ -591,8 +562,8 @@ def test_the_reference_trains_on_a_second_seed_where_the_advice_can_afford_it(
     assert forecast.reference_steps == ((100, 140) if tried else (100,))
     assert forecast.speedup == pytest.approx((120 if tried else 100) * 0.01 / (30 * 0.02))
     if tried:  # the reference point has its seed 1 now: asked again, nothing more is trained
-        assert reference_seed(workload, reference, checks, timing, "cpu", Budget(None), [], print) == []
-        assert runs == tried
+        assert reference_seed(workload, reference, checks, timing, fake, Budget(None), [], print) == []
+        assert fake.tried == tried
 
 
 def test_forecast_says_what_the_speedup_rests_on() -> None:
@@ -638,34 +609,23 @@ def test_forecast_says_what_the_speedup_rests_on() -> None:
     ],
 )
 def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
-    monkeypatch: pytest.MonkeyPatch, spent: float, tried: list
+    spent: float, tried: list
 ) -> None:
     """Seeds 2 and 3 at the chosen point and at the reference, each only at most CHEAP_SHARE of the
     advice's cost so far and within the cost proportion; their steps join the speedup's means."""
-    import importlib
-    import time
-
     from batchlab.advise.budget import Budget
     from batchlab.advise.evidence import cheap_seeds
 
-    advise_module = importlib.import_module("batchlab.advise.evidence")
-
     workload, reference, _ = _digits_mlp_reference()
     outcome = {(0.2, 2): 50, (0.05, 2): 90, (0.2, 3): 45, (0.05, 3): 100}
-    runs = _tuning_fake(monkeypatch, outcome)
     clock = {"now": 1000.0 + spent}
     run_seconds = {0.2: 0.02, 0.05: 0.01}  # a faked run advances the clock by its steps x step time
 
-    real_trained = advise_module.trained_on_seed
+    def advance(lr: float, steps: int) -> None:
+        clock["now"] += steps * run_seconds[round(lr, 4)]
 
-    def trained(workload, batch_size, lr, seed, max_steps, device):  # type: ignore[no-untyped-def]
-        m = real_trained(workload, batch_size, lr, seed, max_steps, device)
-        clock["now"] += (m.steps_to_target or max_steps) * run_seconds[round(lr, 4)]
-        return m
-
-    monkeypatch.setattr(advise_module, "trained_on_seed", trained)
-    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
-    budget = Budget(None)
+    runs = FakeRuns(outcome, on_run=advance)
+    budget = Budget(None, clock=lambda: clock["now"])
     budget.start = 1000.0
     checks = [
         dataclasses.replace(reference, batch_size=256, lr=0.2, steps_to_target=30),
@@ -673,6 +633,6 @@ def test_cheap_seeds_join_both_points_where_each_costs_a_tenth_of_the_advice(
         dataclasses.replace(reference, lr=0.05, steps_to_target=140),
     ]
     timing = _timed({256: 0.02, 32: 0.01})
-    added = cheap_seeds(workload, (256, 0.2), reference, checks, timing, "cpu", budget, print)
-    assert runs == tried
+    added = cheap_seeds(workload, (256, 0.2), reference, checks, timing, runs, budget, print)
+    assert runs.tried == tried
     assert [m.steps_to_target for m in added] == [outcome[(lr, seed)] for lr, seed, _ in tried]

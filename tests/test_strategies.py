@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from batchlab import ConfigError, load_workload, train
 from batchlab.measure import strategies
@@ -115,15 +114,12 @@ def test_a_setting_that_strategies_tries_itself_is_refused_beside_it(args: list[
         (1200.0, True, None),
     ],
 )
-def test_a_slow_bf16_is_called_what_it_is(
-    monkeypatch: pytest.MonkeyPatch, bf16_speed: float, has_bf16: bool, says: str | None
-) -> None:
+def test_a_slow_bf16_is_called_what_it_is(bf16_speed: float, has_bf16: bool, says: str | None) -> None:
     """Under half fp32's speed, or on a CPU whose flags show no bf16 instructions, bf16 is
     emulated; slower but not that slow, it saves memory, not time; faster, nothing is said."""
-    monkeypatch.setattr(strategies, "cpu_has_bf16", lambda: has_bf16)
     rows = [
         strategies.StrategyRow(strategy="fp32", samples_per_second=1000.0),
         strategies.StrategyRow(strategy="bf16", precision="bf16", samples_per_second=bf16_speed, note="x"),
     ]
-    note = strategies._with_bf16_verdict(rows, torch.device("cpu"))[1].note
+    note = strategies.with_bf16_verdict(rows, native_bf16=has_bf16)[1].note
     assert note == ("x" if says is None else f"x; {says}")

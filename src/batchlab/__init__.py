@@ -1,4 +1,29 @@
-"""batchlab: which batch size, and which learning rate to go with it, measured on your own workload."""
+"""batchlab: which batch size, and which learning rate to go with it, measured on your own workload.
+
+The package reads in layers, each importing only from the ones below it (`make lint` checks it):
+
+    errors.py     the one-line errors every check raises (`bad`)
+    core/         devices, ranks, data, precision, the results store, the training step, the
+                  gradient-noise estimator and the NoiseMonitor any loop can carry
+    workload.py   the seam to the user's code (Workload, Target); workloads/: the built-ins and
+                  load_workload; lr.py (scaling rules, and the one place a rule is picked),
+                  schedule.py (batch schedules), ghost_bn.py, sharpness.py
+    train/        one run: its options (config.py), the loop, how it is judged (evaluation.py),
+                  what it returns (result.py), checkpoints, runs recorded in the store
+    measure/      one module per measurement: memory (a pure search over trials run in child
+                  processes), strategies, throughput, noise, the learning-rate search, the
+                  critical batch by branched training
+    advise/       the main job: pipeline.py runs the phases, model.py is the pure model
+                  (predictions, the throughput stop, the forecast), then choice, evidence, rationale
+    studies/      the folklore tested on your model, one module per study; sweep.py
+    integrations/ Lightning, Hugging Face, TensorBoard
+    render/       console tables, the HTML report, plots
+    cli/          the `batchlab` command: shell.py (the app, one line per failure), one module
+                  per group of commands
+
+Start with workload.py (what you hand batchlab), then train/loop.py (what it does with it), then
+advise/pipeline.py (the main job). The public API is the names below.
+"""
 
 from batchlab import _startup  # noqa: F401  (first: a Ctrl-C while torch is imported ends the command in one line)
 from batchlab.advise.pipeline import advise

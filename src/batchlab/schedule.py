@@ -158,8 +158,7 @@ class BatchSchedule:
         `batch_size`. The batch never shrinks, so it grows at a point only if every later measurement
         allows it too (a critical batch that falls later holds the batch back). Once a point, not up
         to the critical batch at once: a branch sees a window of the run, and a batch taken early is
-        kept for the rest of it; on digits-cnn from batch 8 (critical batch 32 at 10% of the run)
-        8 -> 32 at 10% missed the target on one seed of three, where 8 -> 16 -> 32 counted."""
+        kept for the rest of it (docs/measurements.md#ramp-steps)."""
         _positive_int("batch_size", batch_size, "pass --batch-size 32")
         rule = as_rule(rule)
         if rule is LrRule.NOISE:

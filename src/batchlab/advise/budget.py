@@ -20,24 +20,25 @@ EXTRA_SECONDS = 10.0
 
 
 class Budget:
-    """Seconds left, and where they went: each phase (memory, throughput, ...) is timed."""
+    """Seconds left, and where they went: each phase (memory, throughput, ...) is timed on `clock`."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, *, clock: Callable[[], float] = time.perf_counter) -> None:
         self.seconds = seconds
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = clock()
         self.phases: dict[str, float] = {}
         self._phase: str | None = None
         self._since = self.start
 
     def enter(self, phase: str | None) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self._phase is not None:
             self.phases[self._phase] = self.phases.get(self._phase, 0.0) + now - self._since
         self._phase, self._since = phase, now
 
     def spent(self) -> float:
         """Seconds since the start; rank 0's under torchrun, so that every rank decides alike."""
-        return float(_dist.broadcast(time.perf_counter() - self.start))
+        return float(_dist.broadcast(self.clock() - self.start))
 
     def left(self) -> float:
         """Rank 0's reading under torchrun, so that every rank stops at the same point."""

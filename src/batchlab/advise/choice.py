@@ -16,7 +16,7 @@ from batchlab.advise.model import (
 from batchlab.advise.result import Prediction
 from batchlab.core import dist as _dist
 from batchlab.lr import LrRule, lr_for
-from batchlab.measure.lr_search import Measured, tune_lr
+from batchlab.measure.lr_search import Measured, Runs, tune_lr
 from batchlab.measure.memory import MemoryProfile, default_limit_bytes, probe_memory
 from batchlab.measure.throughput import ThroughputProfile
 from batchlab.workload import Workload
@@ -105,7 +105,7 @@ def choose_point(
     predictions: list[Prediction],
     reference_prediction: Prediction | None,
     b_noise: float | None,
-    device: str | torch.device,
+    runs: Runs,
     budget: Budget,
     limitations: list[str],
     say: Progress,
@@ -121,11 +121,10 @@ def choose_point(
     lr_checks: list[Measured] = []
     if best is not None and chosen_size != workload.batch_size:
         chosen_lr, lr_checks = tune_lr(
-            workload,
+            runs,
             chosen_size,
             chosen_lr,
             tuning_steps(best, reference_prediction),
-            device,
             budget=budget,
             limitations=limitations,
             say=say,
@@ -143,7 +142,7 @@ def choose_point(
             chosen_size, chosen_lr, rule = workload.batch_size, workload.lr, LrRule.NONE
             rule_lr = chosen_lr
     if best is not None and chosen_size == workload.batch_size and reference_run is not None:
-        chosen_lr, more = tune_reference_rate(workload, best, reference_run, device, budget, limitations, say)
+        chosen_lr, more = tune_reference_rate(workload, best, reference_run, runs, budget, limitations, say)
         lr_checks += more
     return best, chosen_size, chosen_lr, rule, rule_lr, lr_checks
 
@@ -152,24 +151,23 @@ def tune_reference_rate(
     workload: Workload,
     best: Prediction,
     reference_run: Measured,
-    device: str | torch.device,
+    runs: Runs,
     budget: Budget,
     limitations: list[str],
     say: Progress,
 ) -> tuple[float, list[Measured]]:
     """The advice stays at the reference batch: is the reference rate the best there? The search
-    starts from the reference run (not trained again) and goes up or down (digits-cnn: the oracle
-    found a quarter of its rate 1.29x faster at its own batch). Each run may take twice the
+    starts from the reference run (not trained again) and goes up or down: a user's own rate need
+    not be the best at their own batch (docs/measurements.md#reference-rate). Each run may take twice the
     reference's steps; a rate that did not reach the target on every seed is not advice."""
     if reference_run.steps_to_target is None:
         return workload.lr, []
     limit = tuning_steps(best, None)
     lr, checks = tune_lr(
-        workload,
+        runs,
         workload.batch_size,
         workload.lr,
         limit,
-        device,
         budget=budget,
         limitations=limitations,
         say=say,
@@ -191,7 +189,7 @@ def tune_reference_rate(
         # The speedup is then the rates' alone, and one seed's data order can move a run by half its
         # steps: the reference rate on the other seed too, so that both points have two.
         say(f"check: batch {workload.batch_size} at the reference rate {workload.lr:.3g}, seed 1")
-        checks.append(reference_on_seed_1(workload, limit, device))
+        checks.append(reference_on_seed_1(workload, runs, limit))
     # The reference run is reported as the reference; where the search kept its rate, so is the
     # other seed's run there (the prediction stays the reference's own: speedup 1).
     return lr, [m for m in checks[1:] if not (lr == workload.lr and math.isclose(m.lr, lr))]

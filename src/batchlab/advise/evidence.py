@@ -9,10 +9,9 @@ from collections.abc import Callable
 import torch
 
 from batchlab.advise.budget import EXTRA_SECONDS, REFERENCE_RUNS, Budget, allowed_seconds
-from batchlab.measure.lr_search import Measured, measured_run
+from batchlab.measure.lr_search import Measured, Runs, measured_run
 from batchlab.measure.throughput import ThroughputProfile, profile_throughput
 from batchlab.train.loop import train
-from batchlab.train.record import recorded_train
 from batchlab.train.result import TrainResult
 from batchlab.workload import Workload
 
@@ -37,6 +36,7 @@ def speedup_evidence(
     lr_checks: list[Measured],
     throughput: ThroughputProfile,
     device: str | torch.device,
+    runs: Runs,
     budget: Budget,
     limitations: list[str],
     say: Progress,
@@ -47,8 +47,8 @@ def speedup_evidence(
         return None, []
     timing = side_by_side(workload, chosen[0], device, say)
     steps = timing or throughput
-    more = reference_seed(workload, reference_run, lr_checks, steps, device, budget, limitations, say)
-    more += cheap_seeds(workload, chosen, reference_run, lr_checks + more, steps, device, budget, say)
+    more = reference_seed(workload, reference_run, lr_checks, steps, runs, budget, limitations, say)
+    more += cheap_seeds(workload, chosen, reference_run, lr_checks + more, steps, runs, budget, say)
     return timing, more
 
 
@@ -56,9 +56,8 @@ def side_by_side(
     workload: Workload, chosen_size: int, device: str | torch.device, say: Progress
 ) -> ThroughputProfile:
     """The chosen batch and the reference batch timed again, SIDE_BY_SIDE_REPEATS blocks each in
-    interleaved rounds, for the speedup: the profile's three blocks a batch put tabular-adam's step
-    at 1536 over its step at 32 at 1.66 in one run and 2.3-2.9 in others (two 9-block timings of
-    charlm's 12 and 32 spread 3% against 9% for 3 blocks)."""
+    interleaved rounds, for the speedup: the profile's three blocks a batch can misread a ratio of
+    step times by a third (docs/measurements.md#side-by-side)."""
     say(f"timing: batch {chosen_size} beside the reference batch {workload.batch_size}, for the speedup")
     return profile_throughput(
         workload,
@@ -74,16 +73,15 @@ def reference_seed(
     reference_run: TrainResult,
     lr_checks: list[Measured],
     timing: ThroughputProfile,
-    device: str | torch.device,
+    runs: Runs,
     budget: Budget,
     limitations: list[str],
     say: Progress,
 ) -> list[Measured]:
     """The reference trained again on seed 1, for the speedup's reference steps, where the advice
     can afford it: its cost so far plus this run (its steps x the timed step) within REFERENCE_RUNS
-    such runs + EXTRA_SECONDS. One seed's data order moves the steps to target: tabular-adam's
-    reference took 1,280 to 1,856 steps over four seeds, and its first seed's 1,600 put a speedup of
-    10.9 at 19.7 with the profile's step times. Where it cannot, the limitations say so."""
+    such runs + EXTRA_SECONDS. One seed's data order moves the steps to target
+    (docs/measurements.md#seeds). Where it cannot, the limitations say so."""
     steps = reference_run.steps_to_target
     step = timing.step_seconds(workload.batch_size)
     if steps is None or step is None:
@@ -100,7 +98,7 @@ def reference_seed(
         )
         return []
     say(f"reference: batch {workload.batch_size} at lr {workload.lr:.3g} on seed 1, for the speedup")
-    run = reference_on_seed_1(workload, 2 * steps, device)
+    run = reference_on_seed_1(workload, runs, 2 * steps)
     if run.steps_to_target is None:
         limitations.append(
             f"the reference on seed 1 did not reach the target within {2 * steps} steps (twice seed 0's): "
@@ -115,16 +113,15 @@ def cheap_seeds(
     reference_run: TrainResult,
     lr_checks: list[Measured],
     timing: ThroughputProfile,
-    device: str | torch.device,
+    runs: Runs,
     budget: Budget,
     say: Progress,
 ) -> list[Measured]:
     """Both points of the speedup trained on EXTRA_SEEDS too, each run only where it is cheap: at most
     CHEAP_SHARE of the advice's cost so far, and within REFERENCE_RUNS reference runs + EXTRA_SECONDS.
     With two seeds a point, steps to target that spread by a quarter over seeds leave the speedup
-    about that uncertain (digits-mlp at 256 took 31 to 62 steps over six seeds, its seeds 0 and 1 42
-    and 31: a speedup of 4.5 predicted where 15 seeds measured 3.2); these seeds also took no part in
-    choosing the rate."""
+    about that uncertain (docs/measurements.md#seeds); these seeds also took no part in choosing the
+    rate."""
     ref_steps, ref_step = reference_run.steps_to_target, timing.step_seconds(workload.batch_size)
     if ref_steps is None or ref_step is None:
         return []
@@ -145,31 +142,13 @@ def cheap_seeds(
             if cost > CHEAP_SHARE * spent or spent + cost > allowed or budget.left() < cost:
                 continue
             say(f"reference: batch {batch_size} at lr {lr:.3g} on seed {seed}, for the speedup")
-            added.append(trained_on_seed(workload, batch_size, lr, seed, math.ceil(2 * steps), device))
+            added.append(runs.to_target(batch_size, lr, seed, math.ceil(2 * steps)))
     return added
 
 
-def reference_on_seed_1(workload: Workload, max_steps: int, device: str | torch.device) -> Measured:
+def reference_on_seed_1(workload: Workload, runs: Runs, max_steps: int) -> Measured:
     """The reference point (its batch and rate) trained to the target on seed 1."""
-    return trained_on_seed(workload, workload.batch_size, workload.lr, 1, max_steps, device)
-
-
-def trained_on_seed(
-    workload: Workload, batch_size: int, lr: float, seed: int, max_steps: int, device: str | torch.device
-) -> Measured:
-    run, _ = recorded_train(
-        None,
-        workload,
-        kind="tuning",
-        batch_size=batch_size,
-        lr=lr,
-        until_target=True,
-        max_steps=max_steps,
-        device=device,
-        seed=seed,
-        final_gap=False,
-    )
-    return measured_run(run, batch_size)
+    return runs.to_target(workload.batch_size, workload.lr, 1, max_steps)
 
 
 def validate_advice(

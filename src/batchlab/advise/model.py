@@ -64,8 +64,7 @@ def throughput_stop(
     S_min steps at the last batch timed cost more than the best predicted time to target so far,
     no larger batch (whose steps cost at least as much) can be chosen. Then the profile stops there,
     past the reference batch, with a margin for one timed block's noise: larger batches cost the
-    most time to time (charlm: the blocks at 128 and 256 were 3 of 4.7 s) and cannot change the
-    advice."""
+    most time to time and cannot change the advice (docs/measurements.md#throughput-stop)."""
 
     def stop(points: list[ThroughputPoint]) -> str | None:
         timed = [(p.batch_size, p.step_seconds) for p in points if p.step_seconds is not None]
@@ -114,7 +113,7 @@ class Forecast:
     def speedup_range(self) -> tuple[float, float] | None:
         """The speedup from the seeds' extremes, the slowest reference over the fastest advice and
         the other way round: where either point has two seeds, how far its data order alone moves
-        the speedup (digits-mlp's chosen rate took 28 and 60 steps on its two seeds)."""
+        the speedup (docs/measurements.md#seeds)."""
         ref_step, step = self.reference_step_seconds, self.step_seconds
         if self.speedup is None or ref_step is None or step is None or self.steps is None:
             return None
@@ -138,9 +137,8 @@ def forecast_speedup(
     """Steps and seconds to target at the chosen batch and rate, and the speedup over the reference.
     Where runs reached the target there, their mean steps replace the model's: the tuning runs at
     the chosen rate, and for the reference its own run and any other seed's at its batch and rate
-    (a mean over the seeds each point has: one seed's data order moved digits-cnn's reference by
-    half its steps). Step times are the side-by-side `timing`'s where there is one, else the
-    profile's."""
+    (a mean over the seeds each point has: one seed's data order can move a reference by half its
+    steps). Step times are the side-by-side `timing`'s where there is one, else the profile's."""
 
     def reached(batch_size: int, rate: float) -> list[int]:
         return [
@@ -165,8 +163,8 @@ def forecast_speedup(
 
 
 # The final pass's error bar is sampling error at fixed parameters; along the trajectory B_simple
-# itself moves (charlm, AdamW: passes at steps 200, 360, 380, 400 of one reference run read 31, 22,
-# 46 and 18.5, each +- 1). Where the pass and the tracked window over the run's last tenth differ by
+# itself moves (docs/measurements.md#noise-along-a-run). Where the pass and the tracked window over the
+# run's last tenth differ by
 # more than DISAGREE_SIGMAS of their combined standard error, the advice says so.
 DISAGREE_SIGMAS = 3.0
 

@@ -23,7 +23,6 @@ stands beside the predicted.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -47,7 +46,7 @@ from batchlab.core import dist as _dist
 from batchlab.core.store import Store
 from batchlab.errors import bad
 from batchlab.lr import LrRule
-from batchlab.measure.lr_search import Measured, measured_run
+from batchlab.measure.lr_search import Measured, RecordedRuns, measured_run
 from batchlab.measure.memory import MemoryProfile
 from batchlab.measure.throughput import ThroughputProfile, profile_throughput
 from batchlab.train.result import TrainResult
@@ -247,12 +246,13 @@ def _choose(
     limitations: list[str],
 ) -> _Choice:
     """The point and its rate; then what its speedup rests on, and with `validate` the advice trained."""
+    runs = RecordedRuns(workload, config.device)  # the tuning runs and the extra seeds
     best, size, lr, rule, rule_lr, lr_checks = choose_point(
         workload,
         found.predictions,
         found.reference_prediction,
         found.b_noise,
-        config.device,
+        runs,
         budget,
         limitations,
         say,
@@ -267,6 +267,7 @@ def _choose(
             lr_checks,
             found.throughput,
             config.device,
+            runs,
             budget,
             limitations,
             say,
@@ -356,7 +357,7 @@ def _advice(
         throughput=throughput.to_dict(),
         noise=found.noise,
         phase_seconds=budget.phases,
-        seconds=time.perf_counter() - budget.start,
+        seconds=budget.clock() - budget.start,
         world_size=world,
         step_timing=None if choice.timing is None else choice.timing.to_dict(),
     )

@@ -25,8 +25,8 @@ NOISE_MICRO_BATCHES = 4
 
 # B_noise is read to NOISE_REL_ERROR (standard error over the value), not over the whole training set:
 # the prediction's steps move with B_noise as 1 + B_noise / B, so 5% of B_noise is at most 5% of the
-# steps, below the 10% a tuning doubling must save; on charlm a whole pass (892 micro-batches of 8)
-# read 17.9 +- 0.18, a pass that costs more than the reference run it follows.
+# steps, below the 10% a tuning doubling must save; a whole pass can cost more than the reference
+# run it follows (docs/measurements.md#noise-precision).
 NOISE_REL_ERROR = 0.05
 
 

@@ -64,21 +64,15 @@ BRANCH_RATES = ("both", "rule")  # see branch_rules
 
 # Each branch trains on BRANCH_ORDERS data orders (the checkpoint's own, then others) and keeps the
 # mean of their losses: more orders, less noise in each progress ratio, at that many times the cost.
-# Two, measured (bench/ramp_oracle.py, 3 validation seeds): with one order a single low point held
-# the ramp back (digits-cnn from 32: critical 128/64/32/64, ramp 32 -> 64, 3% fewer updates;
-# tabular-adam: 256/256/128/64, 28%); with two, 128/128/64/128 and 256/256/128/128, ramps
-# 32 -> 64 -> 128 with 45% and 62% fewer updates at equal loss, while charlm from 32 (where no ramp
-# pays) still measured 64/64/32/32 and no ramp.
+# Two: with one order a single low point held the ramp back (docs/measurements.md#branch-orders).
 BRANCH_ORDERS = 2
 
 
 def branch_rules(rule: LrRule) -> tuple[LrRule, ...]:
     """The rates a k-times branch tries: the optimizer's rule first, then the other. The rule is an
     assumption about the optimizer, not a measurement: SGD's linear rate passes its stability limit
-    as training sharpens (on digits-cnn lr x 8 diverges from every checkpoint past 10% of the run),
-    and a conservative Adam rate gains from the linear one (on charlm, 32 -> 64 at a tenth of the run
-    took 46% fewer updates to the target at 2x the rate, eval loss 1.52 after equal examples against
-    1.53 at constant 32; at sqrt(2)x it was 1.66). A branch judged at a rate it cannot use measures
+    as training sharpens, and a conservative Adam rate gains from the linear one
+    (docs/measurements.md#branch-rates). A branch judged at a rate it cannot use measures
     that rate's limit, not the batch's: with `branch_rates="both"` each k keeps the better of the two
     (the lower smoothed loss), and the ramp takes the rate its branch kept; "rule" is Merrill et
     al.'s protocol, the optimizer's rule alone."""
@@ -276,7 +270,7 @@ def noise_at_checkpoint(
 ) -> dict[str, float]:
     """B_simple at a checkpoint's parameters (micro-batches of `b`, one pass over at most
     NOISE_EXAMPLES), recorded in the store like a run, so that a resumed study does not measure it
-    again (on charlm it costs about as much as two branches)."""
+    again (it can cost about as much as two branches)."""
     config = {
         "workload": workload.name,
         "checkpoint": path,

@@ -56,9 +56,8 @@ POINTS = (0.1, 0.25, 0.5, 0.75)
 
 
 # The ramp and the constant batch train for VALIDATION_LENGTH x the examples the reference run (one
-# seed) took to the target, so that the slower seeds reach it too: on tabular-adam (bench) at its
-# tuned rate seeds 0, 1, 2 took 704, 928 and 1280 updates (1.8x seed 0's), on digits-cnn at batch 8
-# 184 to 400 (2.2x).
+# seed) took to the target, so that the slower seeds reach it too: they can take twice seed 0's
+# updates (docs/measurements.md#seeds).
 VALIDATION_LENGTH = 2.5
 
 

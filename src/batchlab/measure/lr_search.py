@@ -30,6 +30,13 @@ LR_DOUBLING_GAIN = 0.9  # a doubling must save 10% of the steps: one seed's nois
 Progress = Callable[[str], None]
 
 
+class Runs(Protocol):
+    """Runs to the target at one workload: `to_target(batch_size, lr, seed, max_steps)` trains one
+    (stopping at the target or `max_steps`) and returns it. `RecordedRuns` trains them for real."""
+
+    def to_target(self, batch_size: int, lr: float, seed: int, max_steps: int) -> Measured: ...
+
+
 class Budget(Protocol):
     def left(self) -> float:
         """Seconds left to spend (math.inf without a limit)."""
@@ -62,37 +69,30 @@ def measured_run(run: Any, batch_size: int) -> Measured:
 
 
 def tune_lr(
-    workload: Workload,
+    runs: Runs,
     batch_size: int,
     lr: float,
     limit: int,
-    device: str | torch.device,
     *,
     budget: Budget | None = None,
     limitations: list[str] | None = None,
     say: Progress | None = None,
-    store: Store | None = None,
-    kind: str = "tuning",
     confirm: bool = False,
     first: Measured | None = None,
 ) -> tuple[float, list[Measured]]:
-    """`search_lr` over real runs at `batch_size`, each trained to the target (at most `limit`
-    steps) on TUNING_SEEDS seeds, or on the first alone with `confirm` (the others then check the
-    answer). With a `store`, each run is recorded there under `kind` and a finished one reused (a
-    killed study resumes past its tuning). Returns the rate and every run trained (`first` included)."""
+    """`search_lr` over `runs` at `batch_size`, each trained to the target (at most `limit` steps) on
+    TUNING_SEEDS seeds, or on the first alone with `confirm` (the others then check the answer).
+    Returns the rate and every run trained (`first` included)."""
     checks: list[Measured] = [] if first is None else [first]
     limitations = [] if limitations is None else limitations
     attempt = _Attempts(
-        workload,
+        runs,
         batch_size,
-        device,
         seeds=range(1) if confirm else range(TUNING_SEEDS),
         checks=checks,
         budget=budget,
         limitations=limitations,
         say=say or (lambda text: None),
-        store=store,
-        kind=kind,
     )
     rate = search_lr(
         attempt,
@@ -181,45 +181,31 @@ class _Attempts:
     """Tuning runs at one batch: `attempt(rate, limit)` trains the seeds at `rate`, each to the target
     or `limit` steps, and keeps every run in `checks`."""
 
-    workload: Workload
+    runs: Runs
     batch_size: int
-    device: str | torch.device
     seeds: range
     checks: list[Measured]
     budget: Budget | None
     limitations: list[str]
     say: Progress
-    store: Store | None
-    kind: str
 
     def __call__(self, rate: float, limit: int, seeds: range | None = None) -> Measured | None:
         """The slower seed speaks for the rate (a rate that only one seed's data order tolerates is
         not a rate to recommend), so a seed that misses ends the attempt: the others cannot change
         its verdict. None when the budget ran out."""
-        runs = []
+        trained = []
         for seed in self.seeds if seeds is None else seeds:
             if self.budget is not None and self.budget.left() <= 0:
                 self.limitations.append("the budget ran out while the learning rate was being tuned")
                 return None
             batch = self.batch_size
             self.say(f"check: batch {batch} at lr {rate:.3g}, seed {seed}, to the target or {limit} steps")
-            run, _ = recorded_train(
-                self.store,
-                self.workload,
-                kind=self.kind,
-                batch_size=self.batch_size,
-                lr=rate,
-                until_target=True,
-                max_steps=limit,
-                device=self.device,
-                seed=seed,
-                final_gap=False,  # steps to the target are all a tuning run is for
-            )
-            runs.append(measured_run(run, self.batch_size))
+            run = self.runs.to_target(batch, rate, seed, limit)
+            trained.append(run)
             if not run.reached_target:
                 break
-        self.checks.extend(runs)
-        return max(runs, key=lambda m: (m.diverged, _steps(m)))
+        self.checks.extend(trained)
+        return max(trained, key=lambda m: (m.diverged, _steps(m)))
 
 
 def _steps(m: Measured) -> float:
@@ -320,3 +306,29 @@ def _confirm(
     cap = _fewer_than(_steps(top) / LR_DOUBLING_GAIN)
     below = attempt(trained[j - 1], cap, others) if cap >= 1 else None
     return trained[j - 1] if reached(below) else trained[j]
+
+
+@dataclass(frozen=True)
+class RecordedRuns:
+    """Real runs of `workload` on `device`, each recorded in `store` under `kind` and a finished one
+    reused (a killed study resumes past its tuning)."""
+
+    workload: Workload
+    device: str | torch.device
+    store: Store | None = None
+    kind: str = "tuning"
+
+    def to_target(self, batch_size: int, lr: float, seed: int, max_steps: int) -> Measured:
+        run, _ = recorded_train(
+            self.store,
+            self.workload,
+            kind=self.kind,
+            batch_size=batch_size,
+            lr=lr,
+            until_target=True,
+            max_steps=max_steps,
+            device=self.device,
+            seed=seed,
+            final_gap=False,  # steps to the target are all a tuning run is for
+        )
+        return measured_run(run, batch_size)

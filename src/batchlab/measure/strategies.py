@@ -129,7 +129,7 @@ def compare_strategies(
     answers = [p.max_batch_size for p in profiles.values() if p.max_batch_size]
     common = min([*answers, max(workload.batch_size, TIMED_BATCH_CEILING)]) if answers else None
     rows = _rows(workload, plan, profiles, common, dev, say)
-    rows = _with_bf16_verdict(rows, dev)
+    rows = with_bf16_verdict(rows, native_bf16=cpu_has_bf16() if dev.type == "cpu" else None)
     rows.append(
         _accumulation_row(workload, profiles["fp32"].max_batch_size, common, accumulation, dev, say, world)
     )
@@ -202,9 +202,10 @@ def _note(profile: MemoryProfile) -> str:
     return ""
 
 
-def _with_bf16_verdict(rows: list[StrategyRow], dev: torch.device) -> list[StrategyRow]:
+def with_bf16_verdict(rows: list[StrategyRow], *, native_bf16: bool | None) -> list[StrategyRow]:
     """Say in the bf16 rows when bf16 is slower than fp32 here: under EMULATED_BELOW of its speed
-    (or on a CPU whose flags show no bf16 instructions), the arithmetic is emulated."""
+    (or where `native_bf16` is False: a CPU whose flags show no bf16 instructions), the arithmetic is
+    emulated."""
     speed = {r.strategy: r.samples_per_second for r in rows}
     out = []
     for row in rows:
@@ -215,7 +216,7 @@ def _with_bf16_verdict(rows: list[StrategyRow], dev: torch.device) -> list[Strat
             continue
         ratio = row.samples_per_second / base
         verdict = ""
-        if ratio < EMULATED_BELOW or (dev.type == "cpu" and cpu_has_bf16() is False):
+        if ratio < EMULATED_BELOW or native_bf16 is False:
             verdict = f"bf16 emulated on this CPU: {1 / ratio:.1f}x slower than {base_name}"
         elif ratio < 1:
             verdict = f"{1 / ratio:.2f}x slower than {base_name} here: saves memory, not time"

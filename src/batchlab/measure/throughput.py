@@ -262,8 +262,8 @@ class _Curve:
 
     def rounds(self) -> None:
         """The other repeats, interleaved: every batch size once per round, so that a slow spell of
-        the machine lands on all of them alike instead of on one stretch of the curve (two profiles
-        of digits-mlp, a minute apart, once put batch 32 at 0.53 ms and at 0.74 ms a step)."""
+        the machine lands on all of them alike instead of on one stretch of the curve
+        (docs/measurements.md#side-by-side)."""
         for _ in range(self.repeats - 1):
             for b in self.blocks:
                 self.stepper.step(b)  # back at this shape: one untimed step
@@ -308,11 +308,12 @@ def _did_not_fit(batch_size: int) -> ThroughputPoint:
 
 
 def _sizes(
-    workload: Workload, batch_sizes: list[int] | None, max_batch_size: int | None, unit: int
+    workload: Workload, batch_sizes: list[int] | None, max_batch_size: int | None, accumulation: int
 ) -> list[int]:
-    """The batches to time, each checked: global batches that split over the ranks and micro-batches
-    (`unit`); by default the powers of two up to the cap."""
-    world, accumulation = _dist.world_size(), unit // _dist.world_size()
+    """The batches to time, each checked: global batches that split over the ranks and the
+    micro-batches; by default the powers of two up to the cap."""
+    world = _dist.world_size()
+    unit = world * accumulation
     cap = (
         workload.train_size
         if max_batch_size is None

@@ -37,7 +37,7 @@ from batchlab.measure.critical_batch import (
     _target_limit,
     measure,
 )
-from batchlab.measure.lr_search import tune_lr
+from batchlab.measure.lr_search import RecordedRuns, tune_lr
 from batchlab.schedule import BatchSchedule
 from batchlab.studies.arms import StudyName, StudyResult
 from batchlab.studies.critical_findings import findings_of, rate_finding
@@ -46,8 +46,8 @@ from batchlab.train.result import TrainResult
 from batchlab.workload import Workload, check_batch_size, check_lr
 
 # The ramp and the constant batch are compared over VALIDATION_SEEDS seeds (data order, initial
-# weights): on the built-in workloads one seed's updates to the target vary by up to 2x between seeds
-# (digits-cnn at batch 8: 184 to 400), so one seed a side cannot tell a ramp's saving from luck.
+# weights): one seed's updates to the target can vary by 2x between seeds, so one seed a side cannot
+# tell a ramp's saving from luck (docs/measurements.md#seeds).
 VALIDATION_SEEDS = 3
 
 
@@ -220,8 +220,7 @@ def reference_rate(
     doublings at most; halved while it diverges). Why tune: a branch at k B runs at a larger rate
     than the k = 1 branch, so when the reference rate is below the best one, the larger rate alone
     makes the larger batch look good and inflates the critical batch; and a ramp compared with a
-    constant batch at too low a rate wins by its rate. On charlm the workload's rate (3e-3 at 32)
-    takes 352 updates to the target (median of 3 seeds), 2x it 272, 4x it 208, 8x it 232."""
+    constant batch at too low a rate wins by its rate (docs/measurements.md#reference-rate)."""
 
     if lr is not None:
         return check_lr(lr), {"lr": lr, "source": "given", "start": lr}
@@ -235,17 +234,8 @@ def reference_rate(
         }
     say(f"the rate at batch {b}: doubling search from {start:.3g}")
     limitations: list[str] = []
-    tuned, checks = tune_lr(
-        workload,
-        b,
-        start,
-        _target_limit(workload, b),
-        device,
-        limitations=limitations,
-        say=say,
-        store=store,
-        kind="study",
-    )
+    runs = RecordedRuns(workload, device, store, kind="study")
+    tuned, checks = tune_lr(runs, b, start, _target_limit(workload, b), limitations=limitations, say=say)
     return tuned, {
         "lr": tuned,
         "source": "tuned",

@@ -255,7 +255,8 @@ def run_sweep(
 ) -> SweepResult:
     """Train to the workload's target at each batch size x multiplier x seed; fit the trade-off.
     With `sharpness`, each run's final model gets its top Hessian eigenvalue and epsilon-sharpness
-    (over a fixed 2,048-example training sample; seconds on small models, a minute on charlm)."""
+    (over a fixed 2,048-example training sample; seconds on small models, a minute on a small
+    transformer)."""
     workload = load_workload(workload)
     rule = as_rule(lr_rule)
     if not batch_sizes:

@@ -17,12 +17,12 @@ from batchlab.workload import Workload
 EVAL_RESOLUTION = 16  # automatic evaluation keeps steps-to-target within 1/16 of its value
 
 
-# ...but scoring the data at every such point can cost more than the training between them (charlm:
-# 94 points of 384 windows took 7.1 s of a 12.6 s run at batch 12). So a run to the target keeps the
+# ...but scoring the data at every such point can cost more than the training between them
+# (docs/measurements.md#check-resolution). So a run to the target keeps the
 # weights at each point and scores the data only at checks, CHECK_RESOLUTION to a doubling of the
 # steps (gaps <= step/4); the first check that meets the target scores the kept weights since the
 # check before, in order, and the first of them to meet it is the target point. Steps-to-target keeps
-# its 1/16 resolution at about a third of the evaluations (33 on that run, 9.6 s). What it means
+# its 1/16 resolution at about a third of the evaluations. What it means
 # changes in one case: a dip below the target between two checks that both miss it is not counted;
 # the run must still be there at the next check, which makes the count less of a first-passage lottery
 # on a noisy evaluation (it is never earlier than the first dip).
@@ -38,8 +38,8 @@ CHECK_RESOLUTION = 4
 # setting. Otherwise the sample only watches for divergence (a 3x rise, below) and draws the train
 # curve, and DIVERGENCE_SAMPLE examples (standard error ~6% of the loss) are plenty for that; nor is
 # it larger than the evaluation set, which judges the target itself: a train curve more precise than
-# the eval curve beside it buys nothing and is paid at every check (charlm: 256 training windows
-# beside 128 evaluation windows were 2/3 of each check's time). At least DIVERGENCE_MIN examples
+# the eval curve beside it buys nothing and is paid at every check
+# (docs/measurements.md#train-sample). At least DIVERGENCE_MIN examples
 # (standard error ~12%, still a quarter of the 3x rise).
 TRAIN_SAMPLE = 2048
 
@@ -128,8 +128,8 @@ def auto_eval(step: int, resolution: int = EVAL_RESOLUTION) -> bool:
 
 def last_eval_at(steps: int) -> int:
     """The last automatic evaluation point at or before `steps` (0 if none). A run capped there ends
-    where an uncapped one is scored, so their steps-to-target compare on the same grid: capped at 746
-    a run scored at step 746 "beat" 672 / 0.9 = 746.7 where uncapped it counts at 768 (charlm)."""
+    where an uncapped one is scored, so their steps-to-target compare on the same grid
+    (docs/measurements.md#eval-grid)."""
     if steps < 1:
         return 0
     # Every point from 16 x interval on is a multiple of its interval, and the interval at `steps`

@@ -46,9 +46,8 @@ from batchlab.workloads import load_workload
 
 # The tracked noise scale averages over an exponential window of the last NOISE_WINDOW of the steps
 # so far (counted in steps, whatever the interval between measured steps). |G|^2 falls fast as the
-# loss falls, and an average over a window mixes in the larger |G|^2 of earlier steps: a window of
-# 20 updates 4 steps apart read B_simple ~54 at the end of digits-mlp's reference run against 160
-# measured at its final parameters; a tenth of the steps, measured every step, reads 152 +- 71.
+# loss falls, and an average over a longer window mixes in the larger |G|^2 of earlier steps
+# (docs/measurements.md#noise-window).
 NOISE_WINDOW = 0.1
 Progress = Callable[[int, int], None]
 
