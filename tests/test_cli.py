@@ -82,3 +82,18 @@ def test_bad_input_is_one_line_and_exit_2(
     monkeypatch.syspath_prepend(str(DATA))
     result = invoke("train", *args, "--max-steps", "1")
     assert_one_line_error(result, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["train", "--nope", "1"], ["--nope is not an option of `batchlab train`", "batchlab train --help"]),
+        (["train", "--max-steps", "ten"], ["max_steps must be a whole number (got 'ten')", "--max-steps"]),
+        (["nosuch"], ["No such command 'nosuch'"]),
+        (["noise", "--batch-sizes", "8"], ["another command: sweep, throughput"]),
+    ],
+)
+def test_usage_errors_are_one_line_too(args: list[str], fragments: list[str]) -> None:
+    """What the option parser refuses (an unknown option or command, a value that is not a number)
+    ends like every other bad input: one line, exit code 2."""
+    assert_one_line_error(invoke(*args), *fragments)

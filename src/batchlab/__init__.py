@@ -26,7 +26,7 @@ advise/pipeline.py (the main job). The public API is the names below.
 """
 
 from batchlab import _startup  # noqa: F401  (first: a Ctrl-C while torch is imported ends the command in one line)
-from batchlab.advise.pipeline import advise
+from batchlab.advise.pipeline import AdviseConfig, advise
 from batchlab.advise.result import Advice
 from batchlab.core.monitor import NoiseMonitor, NoiseReading
 from batchlab.core.store import Store
@@ -42,6 +42,7 @@ from batchlab.sharpness import Sharpness, epsilon_sharpness, sharpness
 from batchlab.studies.arms import StudyResult
 from batchlab.studies.run import run_study
 from batchlab.studies.sweep import SweepResult, TradeoffFit, fit_tradeoff, run_sweep
+from batchlab.train.config import TrainConfig
 from batchlab.train.loop import train
 from batchlab.train.result import CurvePoint, TrainResult
 from batchlab.workload import Target, Workload
@@ -49,6 +50,7 @@ from batchlab.workloads import load_workload
 
 __all__ = [
     "Advice",
+    "AdviseConfig",
     "BatchSchedule",
     "BatchlabError",
     "ConfigError",
@@ -70,6 +72,7 @@ __all__ = [
     "ThroughputPoint",
     "ThroughputProfile",
     "TradeoffFit",
+    "TrainConfig",
     "TrainResult",
     "Workload",
     "WorkloadError",

@@ -25,3 +25,18 @@ def bad(field: str, value: object, expected: str, fix: str | None = None) -> Con
     if fix:
         message += f"; {fix}"
     return ConfigError(message)
+
+
+def check_int(
+    field: str, value: object, *, minimum: int = 1, fix: str | None = None, expected: str | None = None
+) -> int:
+    """`value` if it is an integer >= `minimum` (a bool is not one); else `bad` naming the field.
+
+    >>> check_int("draws", 4, minimum=8, fix="pass --draws 64")
+    Traceback (most recent call last):
+    ...
+    batchlab.errors.ConfigError: draws must be an integer >= 8 (got 4); pass --draws 64
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad(field, value, expected or f"an integer >= {minimum}", fix)
+    return value

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Sampler
 
 from batchlab.core.data import epoch_spans
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
 from batchlab.lr import LrRule, as_rule, scale_lr
 
 
@@ -54,12 +54,6 @@ class Phase:
 
     def start(self, by_examples: bool) -> int:
         return (self.start_examples or 0) if by_examples else self.start_epoch
-
-
-def _positive_int(field: str, value: Any, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad(field, value, "an integer >= 1", fix)
-    return value
 
 
 @dataclass(frozen=True)
@@ -95,7 +89,7 @@ class BatchSchedule:
                 fix,
             )
         for p in self.phases:
-            _positive_int("batch_size", p.batch_size, "pass --batch-size 32")
+            check_int("batch_size", p.batch_size, fix="pass --batch-size 32")
             if not math.isfinite(p.lr_factor) or p.lr_factor <= 0:
                 raise bad("lr_factor", p.lr_factor, "a number > 0")
 
@@ -111,7 +105,7 @@ class BatchSchedule:
     ) -> BatchSchedule:
         """At each milestone epoch, lr / B falls by `factor`: by growing the batch (`increase-batch`,
         up to `max_batch_size`, the rest as a learning-rate drop) or by decaying the rate (`decay-lr`)."""
-        _positive_int("batch_size", batch_size, "pass --batch-size 32")
+        check_int("batch_size", batch_size, fix="pass --batch-size 32")
         try:
             mode = ScheduleMode(mode)
         except ValueError:
@@ -121,10 +115,10 @@ class BatchSchedule:
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
             raise bad("factor", factor, "a number > 1", "pass --factor 2")
         for m in milestones:
-            _positive_int("milestones", m, "pass --milestones 10,20 (epochs)")
+            check_int("milestones", m, fix="pass --milestones 10,20 (epochs)")
         cap = max_batch_size
         if cap is not None:
-            _positive_int("max_batch_size", cap, "pass the largest batch that fits, or leave it out")
+            check_int("max_batch_size", cap, fix="pass the largest batch that fits, or leave it out")
             if cap < batch_size:
                 raise bad("max_batch_size", cap, f"at least the starting batch size {batch_size}", "raise it")
         phases = [Phase(start_epoch=0, batch_size=batch_size, lr_factor=1.0)]
@@ -159,15 +153,14 @@ class BatchSchedule:
         allows it too (a critical batch that falls later holds the batch back). Once a point, not up
         to the critical batch at once: a branch sees a window of the run, and a batch taken early is
         kept for the rest of it (docs/measurements.md#ramp-steps)."""
-        _positive_int("batch_size", batch_size, "pass --batch-size 32")
+        check_int("batch_size", batch_size, fix="pass --batch-size 32")
         rule = as_rule(rule)
         if rule is LrRule.NOISE:
             raise bad("rule", rule.value, "linear, sqrt or none", "pass the optimizer's rule")
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-            raise bad("factor", factor, "an integer >= 2", "pass factor=2")
+        check_int("factor", factor, minimum=2, fix="pass factor=2")
         cap = max_batch_size
         if cap is not None:
-            _positive_int("max_batch_size", cap, "pass the largest batch that fits, or leave it out")
+            check_int("max_batch_size", cap, fix="pass the largest batch that fits, or leave it out")
             if cap < batch_size:
                 raise bad("max_batch_size", cap, f"at least the starting batch size {batch_size}", "raise it")
         for point in points:
@@ -293,7 +286,7 @@ class ScheduledBatchSampler(Sampler[list[int]]):
     batch dropped). Like DistributedSampler, it is told the epoch: `sampler.set_epoch(epoch)`."""
 
     def __init__(self, schedule: BatchSchedule, dataset_size: int, *, seed: int = 0) -> None:
-        _positive_int("dataset_size", dataset_size, "pass len(dataset)")
+        check_int("dataset_size", dataset_size, fix="pass len(dataset)")
         if schedule.largest_batch_size > dataset_size:
             raise bad(
                 "batch_size",

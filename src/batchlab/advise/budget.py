@@ -8,9 +8,6 @@ from collections.abc import Callable
 
 from batchlab.core import dist as _dist
 
-Progress = Callable[[str], None]
-
-
 # The advice's cost in proportion to one reference run (issue 13's goal): it spends up to this many
 # reference runs' training time plus EXTRA_SECONDS. A second seed of the reference runs only within it.
 REFERENCE_RUNS = 5

@@ -4,7 +4,6 @@ target and its learning rate (the rule's, then a short search at that batch)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -15,13 +14,12 @@ from batchlab.advise.model import (
 )
 from batchlab.advise.result import Prediction
 from batchlab.core import dist as _dist
+from batchlab.core.progress import Say
 from batchlab.lr import LrRule, lr_for
 from batchlab.measure.lr_search import Measured, Runs, tune_lr
 from batchlab.measure.memory import MemoryProfile, default_limit_bytes, probe_memory
 from batchlab.measure.throughput import ThroughputProfile
 from batchlab.workload import Workload
-
-Progress = Callable[[str], None]
 
 
 def cap_from_memory(
@@ -31,7 +29,7 @@ def cap_from_memory(
     full_memory: bool,
     device: str | torch.device,
     memory_limit: int | None,
-    say: Progress,
+    say: Say,
     limitations: list[str],
 ) -> tuple[MemoryProfile, int, int | None, bool]:
     """The memory probe, bounded by the prediction: the profile, the cap on the (global) batch, how
@@ -108,7 +106,7 @@ def choose_point(
     runs: Runs,
     budget: Budget,
     limitations: list[str],
-    say: Progress,
+    say: Say,
     reference_run: Measured | None = None,
 ) -> tuple[Prediction | None, int, float, LrRule, float, list[Measured]]:
     """The predicted best batch under the cap and its rate: the rule's, then tuned there (at the
@@ -154,7 +152,7 @@ def tune_reference_rate(
     runs: Runs,
     budget: Budget,
     limitations: list[str],
-    say: Progress,
+    say: Say,
 ) -> tuple[float, list[Measured]]:
     """The advice stays at the reference batch: is the reference rate the best there? The search
     starts from the reference run (not trained again) and goes up or down: a user's own rate need

@@ -4,19 +4,16 @@ side, the reference's second seed, cheap extra seeds; and, with --validate, the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from batchlab.advise.budget import EXTRA_SECONDS, REFERENCE_RUNS, Budget, allowed_seconds
+from batchlab.core.progress import Say
 from batchlab.measure.lr_search import Measured, Runs, measured_run
 from batchlab.measure.throughput import ThroughputProfile, profile_throughput
 from batchlab.train.loop import train
 from batchlab.train.result import TrainResult
 from batchlab.workload import Workload
-
-Progress = Callable[[str], None]
-
 
 SIDE_BY_SIDE_REPEATS = 5  # timed blocks at the chosen and the reference batch, for the speedup
 
@@ -39,7 +36,7 @@ def speedup_evidence(
     runs: Runs,
     budget: Budget,
     limitations: list[str],
-    say: Progress,
+    say: Say,
 ) -> tuple[ThroughputProfile | None, list[Measured]]:
     """What the speedup rests on beyond the tuning runs, where the batch moved: the two batches timed
     again side by side, and the further seeds of both points the advice can afford."""
@@ -53,7 +50,7 @@ def speedup_evidence(
 
 
 def side_by_side(
-    workload: Workload, chosen_size: int, device: str | torch.device, say: Progress
+    workload: Workload, chosen_size: int, device: str | torch.device, say: Say
 ) -> ThroughputProfile:
     """The chosen batch and the reference batch timed again, SIDE_BY_SIDE_REPEATS blocks each in
     interleaved rounds, for the speedup: the profile's three blocks a batch can misread a ratio of
@@ -76,7 +73,7 @@ def reference_seed(
     runs: Runs,
     budget: Budget,
     limitations: list[str],
-    say: Progress,
+    say: Say,
 ) -> list[Measured]:
     """The reference trained again on seed 1, for the speedup's reference steps, where the advice
     can afford it: its cost so far plus this run (its steps x the timed step) within REFERENCE_RUNS
@@ -115,7 +112,7 @@ def cheap_seeds(
     timing: ThroughputProfile,
     runs: Runs,
     budget: Budget,
-    say: Progress,
+    say: Say,
 ) -> list[Measured]:
     """Both points of the speedup trained on EXTRA_SEEDS too, each run only where it is cheap: at most
     CHEAP_SHARE of the advice's cost so far, and within REFERENCE_RUNS reference runs + EXTRA_SECONDS.
@@ -158,7 +155,7 @@ def validate_advice(
     device: str | torch.device,
     budget: Budget,
     limitations: list[str],
-    say: Progress,
+    say: Say,
 ) -> tuple[list[Measured], float | None]:
     """The advice and the reference, each trained to the target: what each took, and the speedup."""
     if budget.left() <= 0:

@@ -15,9 +15,6 @@ from batchlab.measure.lr_search import Measured
 from batchlab.measure.throughput import ThroughputPoint, ThroughputProfile
 from batchlab.workload import Workload
 
-Progress = Callable[[str], None]
-
-
 LR_CHECK_STEPS = 50  # the least a tuning run may take
 
 

@@ -23,7 +23,6 @@ stands beside the predicted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,8 +42,9 @@ from batchlab.advise.rationale import rationale_lines
 from batchlab.advise.reference import reference_noise
 from batchlab.advise.result import Advice, Prediction
 from batchlab.core import dist as _dist
+from batchlab.core.progress import Say
 from batchlab.core.store import Store
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
 from batchlab.lr import LrRule
 from batchlab.measure.lr_search import Measured, RecordedRuns, measured_run
 from batchlab.measure.memory import MemoryProfile
@@ -52,8 +52,6 @@ from batchlab.measure.throughput import ThroughputProfile, profile_throughput
 from batchlab.train.result import TrainResult
 from batchlab.workload import Workload
 from batchlab.workloads import load_workload
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +69,7 @@ class AdviseConfig:
 
     def __post_init__(self) -> None:
         devices = self.devices
-        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-            raise bad("--devices", devices, "an integer >= 1", "pass --devices 8, say")
+        check_int("--devices", devices, fix="pass --devices 8, say")
         if self.emit is not None:
             object.__setattr__(self, "emit", as_emit(self.emit))  # a string from Python callers
 
@@ -131,7 +128,7 @@ def advise(
     devices: int = 1,
     emit: Emit | str | None = None,
     store: Store | None = None,
-    progress: Progress | None = None,
+    progress: Say | None = None,
 ) -> Advice:
     """Measure noise, throughput and memory; recommend the batch size and learning rate that
     minimise predicted time to target under the memory cap (the options: `AdviseConfig`).
@@ -155,7 +152,7 @@ def advise(
 
 
 def run_advice(
-    workload: Workload, config: AdviseConfig, *, store: Store | None = None, progress: Progress | None = None
+    workload: Workload, config: AdviseConfig, *, store: Store | None = None, progress: Say | None = None
 ) -> Advice:
     """`advise` with its options as one config. `store` keeps the ramp's runs (with `schedule`), so
     that a killed command resumes past them."""
@@ -191,9 +188,7 @@ def run_advice(
     return with_trainer_settings(advice, workload, devices=config.devices, emit=config.emit)
 
 
-def _measure(
-    workload: Workload, config: AdviseConfig, say: Progress, limitations: list[str]
-) -> _Measurements:
+def _measure(workload: Workload, config: AdviseConfig, say: Say, limitations: list[str]) -> _Measurements:
     """The reference run and B_noise there; the throughput profile, stopped where no larger batch can
     win; the predictions; and memory, probed only as far as they need."""
     say("noise: train from the reference point to the target, then measure B_noise there")
@@ -242,7 +237,7 @@ def _choose(
     config: AdviseConfig,
     found: _Measurements,
     budget: Budget,
-    say: Progress,
+    say: Say,
     limitations: list[str],
 ) -> _Choice:
     """The point and its rate; then what its speedup rests on, and with `validate` the advice trained."""

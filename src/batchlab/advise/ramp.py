@@ -4,12 +4,12 @@ advised batch and rate (branched training, Merrill et al. 2025), and the updates
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from batchlab.advise.result import Advice
+from batchlab.core.progress import Say
 from batchlab.core.store import Store
 from batchlab.errors import BatchlabError
 from batchlab.measure.branches import EPSILON, ramp_updates
@@ -82,7 +82,7 @@ def ramp_offer(
     *,
     store: Store | None,
     device: str | torch.device,
-    say: Callable[[str], None],
+    say: Say,
 ) -> dict[str, Any]:
     """`advise --schedule`: the ramp from the advised point (its runs kept in `store`), or why there is
     none; the advice itself stands either way."""

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from batchlab.advise.model import Forecast
 from batchlab.advise.result import Prediction
 from batchlab.lr import LrRule
 from batchlab.measure.memory import MemoryProfile
 from batchlab.measure.throughput import ThroughputProfile
 from batchlab.workload import Workload
-
-Progress = Callable[[str], None]
 
 
 def forecast_lines(workload: Workload, best: Prediction, forecast: Forecast) -> list[str]:

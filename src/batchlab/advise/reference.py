@@ -4,7 +4,6 @@ the last stretch of training is where most steps go, so the value there governs 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,9 +15,6 @@ from batchlab.measure.noise import noise_at_parameters
 from batchlab.train.loop import train
 from batchlab.train.result import TrainResult
 from batchlab.workload import Workload
-
-Progress = Callable[[str], None]
-
 
 NOISE_MICRO_BATCHES = 4
 

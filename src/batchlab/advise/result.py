@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batchlab.core.json_safe import json_safe
 from batchlab.measure.lr_search import Measured
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ from batchlab.cli.shell import err_console
 from batchlab.cli.usage import whole_number
 from batchlab.core import dist as _dist
 from batchlab.core.json_safe import json_safe
+from batchlab.core.progress import Steps
 from batchlab.core.store import Store
 from batchlab.errors import bad
 from batchlab.integrations import tensorboard as _tensorboard
@@ -109,7 +110,7 @@ def quiet(as_json: bool) -> bool:
 
 
 @contextmanager
-def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Steps]:
     """A rich progress bar on stderr; yields a callback `update(done, total)`."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),

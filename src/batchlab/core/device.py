@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from batchlab.core.dist import cuda_index
 from batchlab.errors import bad
 
 
@@ -15,8 +16,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         if torch.cuda.is_available():  # under torchrun, each rank its own GPU
-            from batchlab.core.dist import cuda_index
-
             return torch.device("cuda", cuda_index())
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():

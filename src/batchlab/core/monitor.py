@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from batchlab.core import noise_estimator as noise_est
+from batchlab.core.step import norms, split, sq_norm
 from batchlab.errors import bad
 
 WINDOW = 0.1  # the history averages over the last tenth of the steps so far (an exponential window)
@@ -121,7 +122,7 @@ class NoiseMonitor:
         if not arrived:
             return
         with torch.no_grad():  # (a double-backward's gradients carry a graph: not ours to extend)
-            square = torch.stack(_norms(arrived)).float().pow(2).sum()
+            square = torch.stack(norms(arrived)).float().pow(2).sum()
         self._small = square if self._small is None else self._small + square
         self._micro += 1
 
@@ -234,28 +235,12 @@ def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / _world()
 
 
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor's 2-norm, in one fused call where torch has it."""
-    foreach = getattr(torch, "_foreach_norm", None)
-    if foreach is not None:
-        try:
-            return list(foreach(tensors))
-        except RuntimeError:  # mixed devices or dtypes it does not take
-            pass
-    return [torch.linalg.vector_norm(t) for t in tensors]
-
-
 def _sq_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    with torch.no_grad():
-        return torch.stack(_norms(grads)).float().pow(2).sum()
+    return sq_norm([p.grad for p in params if p.grad is not None])
 
 
 def split_loss(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], x: Any, y: Any):  # type: ignore[no-untyped-def]
     """For `NoiseMonitor.backward`: piece i of `parts` of the batch (x, y), its mean loss."""
-    from batchlab.core.step import split
 
     def losses(i: int, parts: int) -> torch.Tensor:
         px, py = split((x, y), parts)[i]

@@ -40,12 +40,28 @@ def _chunk(value: Any, parts: int) -> list[Any]:
     raise TypeError(f"cannot split a {type(value).__name__} into micro-batches")
 
 
-def _grad_list(params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+def grad_list(params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    """Each parameter's gradient, zeros where it has none."""
     return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-def _sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([t.detach().float().pow(2).sum() for t in tensors]).sum()
+def norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's 2-norm, in one fused call where torch has it."""
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None:
+        try:
+            return list(foreach(list(tensors)))
+        except RuntimeError:  # mixed devices or dtypes it does not take
+            pass
+    return [torch.linalg.vector_norm(t) for t in tensors]
+
+
+def sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The squared 2-norm of all the tensors together, in float32 (0 for none)."""
+    if not tensors:
+        return torch.zeros(())
+    with torch.no_grad():
+        return torch.stack(norms(tensors)).float().pow(2).sum()
 
 
 class StepOutput:

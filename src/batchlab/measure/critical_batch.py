@@ -28,7 +28,7 @@ import torch
 
 from batchlab.core.device import resolve_device
 from batchlab.core.store import Store
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
 from batchlab.lr import optimizer_rule
 from batchlab.measure.branches import (
     BRANCH_FRACTION,
@@ -100,12 +100,7 @@ def measure(
     say(f"reference run at batch {b} to the target")
     steps_to_target, examples_to_target = _reference_run(store, workload, b=b, lr=lr, seed=seed, device=dev)
     at_steps = sorted({max(1, round(f * steps_to_target)) for f in points})
-    k_top = 1 << int(math.log2(max(1, min(max_k, cap // b))))
-    ks = [1 << i for i in range(int(math.log2(k_top)) + 1)]
-    length = branch_examples or max(
-        round(BRANCH_FRACTION * examples_to_target), MIN_BRANCH_UPDATES * k_top * b
-    )
-    length = k_top * b * math.ceil(length / (k_top * b))  # every branch sees exactly these examples
+    ks, length = _branch_plan(b, cap, max_k, branch_examples, examples_to_target)
     longest = VALIDATION_LENGTH * examples_to_target / workload.train_size
     folder, owned = _checkpoint_folder(store)
     try:
@@ -166,6 +161,20 @@ def measure(
     return Measurement(rows=rows, branches=branches, ramp=ramp, constant=constant, settings=settings)
 
 
+def _branch_plan(
+    b: int, cap: int, max_k: int, branch_examples: int | None, examples_to_target: int
+) -> tuple[list[int], int]:
+    """The multiples k = 1, 2, 4, ... a checkpoint branches at (within `max_k` and the cap), and the
+    examples every branch trains on: BRANCH_FRACTION of the reference's examples to the target, at
+    least MIN_BRANCH_UPDATES updates of the largest branch, a whole number of its batches."""
+    k_top = 1 << int(math.log2(max(1, min(max_k, cap // b))))
+    ks = [1 << i for i in range(int(math.log2(k_top)) + 1)]
+    length = branch_examples or max(
+        round(BRANCH_FRACTION * examples_to_target), MIN_BRANCH_UPDATES * k_top * b
+    )
+    return ks, k_top * b * math.ceil(length / (k_top * b))
+
+
 def _reference_run(
     store: Store | None, workload: Workload, *, b: int, lr: float, seed: int, device: torch.device
 ) -> tuple[int, int]:
@@ -200,8 +209,7 @@ def _target_limit(workload: Workload, b: int) -> int:
 def _check_branching(branch_rates: str, branch_orders: int) -> None:
     if branch_rates not in BRANCH_RATES:
         raise bad("branch_rates", branch_rates, "'both' or 'rule'", "pass --branch-rates both")
-    if isinstance(branch_orders, bool) or not isinstance(branch_orders, int) or branch_orders < 1:
-        raise bad("branch_orders", branch_orders, "an integer >= 1", "pass --branch-orders 2")
+    check_int("branch_orders", branch_orders, fix="pass --branch-orders 2")
 
 
 def _check_options(
@@ -223,8 +231,7 @@ def _check_options(
         raise bad(
             "points", points, "fractions in (0, 1) of the reference run's steps", "pass --points 0.1,0.25,0.5"
         )
-    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 2:
-        raise bad("max_k", max_k, "an integer >= 2", "pass --max-k 16")
+    check_int("max_k", max_k, minimum=2, fix="pass --max-k 16")
     if max_batch_size is not None:
         check_batch_size(max_batch_size, workload.train_size, field="max_batch_size")
         if max_batch_size < 2 * b:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from batchlab.core.progress import Say
 from batchlab.core.store import Store
 from batchlab.train.evaluation import last_eval_at
 from batchlab.train.record import recorded_train
@@ -26,8 +27,6 @@ LR_CHECK_HALVINGS = 4  # halvings from a rate that diverged, before the search g
 LR_DOUBLINGS = 2  # the rates tried span this many doublings
 TUNING_SEEDS = 2  # each candidate rate is trained on this many seeds; the slower decides
 LR_DOUBLING_GAIN = 0.9  # a doubling must save 10% of the steps: one seed's noise is not a gain
-
-Progress = Callable[[str], None]
 
 
 class Runs(Protocol):
@@ -76,7 +75,7 @@ def tune_lr(
     *,
     budget: Budget | None = None,
     limitations: list[str] | None = None,
-    say: Progress | None = None,
+    say: Say | None = None,
     confirm: bool = False,
     first: Measured | None = None,
 ) -> tuple[float, list[Measured]]:
@@ -187,7 +186,7 @@ class _Attempts:
     checks: list[Measured]
     budget: Budget | None
     limitations: list[str]
-    say: Progress
+    say: Say
 
     def __call__(self, rate: float, limit: int, seeds: range | None = None) -> Measured | None:
         """The slower seed speaks for the rate (a rate that only one seed's data order tolerates is

@@ -31,7 +31,7 @@ from batchlab.core import dist as _dist
 from batchlab.core.device import resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import as_precision
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
 from batchlab.measure.memory_search import Pace, fit_memory_model, search_max_batch
 from batchlab.measure.memory_trial import (
     MAX_STEPS,
@@ -251,5 +251,4 @@ def _agree(outcome: MemoryTrial) -> MemoryTrial:
 
 
 def _check_positive_int(value: object, field: str, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad(field, value, "a whole number >= 1", fix)
+    check_int(field, value, expected="a whole number >= 1", fix=fix)

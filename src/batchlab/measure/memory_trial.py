@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
+from batchlab.core.data import to_device
 from batchlab.core.precision import Amp, Precision, optimizer_step
+from batchlab.core.step import backward
 from batchlab.errors import WorkloadError
+from batchlab.train.model import fresh_model
 from batchlab.workload import Workload
 
 # glibc reads these at start-up: the trial server is started with them, and every forked trial inherits them.
@@ -79,8 +82,6 @@ def trial_steps(
 ) -> tuple[int, int, str | None, float | None]:
     """Run training steps at the plan's batch size until the peak settles; (peak, steps, error,
     seconds of its fastest step)."""
-    from batchlab.core.step import backward
-    from batchlab.train.model import fresh_model
 
     cuda = device.type == "cuda"
     if cuda:
@@ -128,8 +129,6 @@ def trial_steps(
 
 def _gather(workload: Workload, indices: torch.Tensor, device: torch.device) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader, Subset
-
-    from batchlab.core.data import to_device
 
     subset = Subset(workload.train_data, indices.tolist())
     x, y = next(iter(DataLoader(subset, batch_size=len(indices))))

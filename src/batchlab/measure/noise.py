@@ -12,15 +12,17 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
 
+from batchlab.core.data import DeviceData
 from batchlab.core.json_safe import json_safe
-from batchlab.core.step import _grad_list, _sq_norm
-from batchlab.errors import bad
+from batchlab.core.noise_estimator import inverse_batch, one_step
+from batchlab.core.progress import Steps
+from batchlab.core.step import grad_list, sq_norm
+from batchlab.errors import bad, check_int
 from batchlab.train.loop import train
 from batchlab.train.result import CurvePoint
 from batchlab.workload import Workload
@@ -85,7 +87,7 @@ def measure_noise(
     device: str | torch.device = "auto",
     seed: int = 0,
     max_examples: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Steps | None = None,
     keep_model: bool = False,
 ) -> tuple[NoiseEstimate, torch.nn.Module | None]:
     """Train from scratch for `steps` at `batch_size` (default: the workload's reference point),
@@ -145,13 +147,13 @@ def measure_noise(
 
 def _check_split(size: int, micro_batches: int) -> None:
     """Two batch sizes are needed: the batch splits into `micro_batches` >= 2 equal parts."""
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 2:
-        raise bad(
-            "micro_batches",
-            micro_batches,
-            "an integer >= 2 (two batch sizes are needed)",
-            "pass --micro-batches 4",
-        )
+    check_int(
+        "micro_batches",
+        micro_batches,
+        minimum=2,
+        expected="an integer >= 2 (two batch sizes are needed)",
+        fix="pass --micro-batches 4",
+    )
     if isinstance(size, int) and size % micro_batches:
         raise bad(
             "batch_size",
@@ -198,7 +200,6 @@ def noise_at_parameters(
     the standard error is within `rel_error` of B_simple and the big batch holds at least
     EARLY_STOP_BIG_OVER_B_SIMPLE times B_simple examples (see there).
     """
-    from batchlab.core.data import DeviceData
 
     n = workload.train_size
     count = (n if max_examples is None else min(n, max_examples)) // micro_batch
@@ -216,8 +217,8 @@ def noise_at_parameters(
         model.zero_grad(set_to_none=True)
         x, y = next(batches)
         workload.loss(model(x), y).backward()
-        grads = _grad_list(params)
-        small.append(float(_sq_norm(grads)))
+        grads = grad_list(params)
+        small.append(float(sq_norm(grads)))
         torch._foreach_add_(total, grads)
         if rel_error is not None and done == check and done < count:
             check *= 2
@@ -231,10 +232,9 @@ def noise_at_parameters(
 
 def _pass_reading(small: list[float], total: list[torch.Tensor], micro_batch: int, n: int) -> PassReading:
     """B_simple and its standard error from the micro-batches' |G_small|^2 and their summed gradient."""
-    from batchlab.core.noise_estimator import inverse_batch, one_step
 
     count = len(small)
-    big_sq = float(_sq_norm([t / count for t in total]))
+    big_sq = float(sq_norm([t / count for t in total]))
     small_sq = sum(small) / count
     b_big = count * micro_batch
     grad_sq, trace = one_step(
@@ -258,8 +258,6 @@ def exact_noise_scale(workload: Workload, model: torch.nn.Module, *, chunk: int 
     """|G|^2, tr(Sigma) and B_simple over the whole training set at the model's parameters, from
     per-example gradients (torch.func), in float64. The ground truth for the estimator."""
     from torch.func import functional_call, grad, vmap
-
-    from batchlab.core.data import DeviceData
 
     model = model.double().eval()  # eval: per-example gradients need no batch statistics
     params = {k: v.detach() for k, v in model.named_parameters()}

@@ -19,6 +19,7 @@ from batchlab.core import dist as _dist
 from batchlab.core.device import resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Precision
+from batchlab.core.progress import Say
 from batchlab.errors import ConfigError
 from batchlab.measure.memory import MemoryProfile, probe_memory
 from batchlab.measure.memory_search import Pace
@@ -80,7 +81,7 @@ def compare_strategies(
     reserve_bytes: int = 0,
     accumulation: int = 4,
     seconds_per_strategy: float | None = STRATEGY_SECONDS,
-    progress: Callable[[str], None] | None = None,
+    progress: Say | None = None,
     on_trial: Callable[[MemoryTrial], None] | None = None,
     min_batch_size: int = 1,
     max_batch_size: int | None = None,
@@ -158,7 +159,7 @@ def _rows(
     profiles: dict[str, MemoryProfile],
     common: int | None,
     dev: torch.device,
-    say: Callable[[str], None],
+    say: Say,
 ) -> list[StrategyRow]:
     """Each strategy's row: its memory answer, and its speed timed at the batch all of them fit."""
     world = _dist.world_size()
@@ -242,7 +243,7 @@ def _accumulation_row(
     common: int | None,
     k: int,
     dev: torch.device,
-    say: Callable[[str], None],
+    say: Say,
     world: int = 1,
 ) -> StrategyRow:
     name = f"fp32 + accumulation x{k}"

@@ -24,6 +24,7 @@ from batchlab.core.data import Batch, DeviceData
 from batchlab.core.device import clock, is_out_of_memory, resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Amp, Precision, as_precision, optimizer_step
+from batchlab.core.progress import Steps
 from batchlab.core.step import backward
 from batchlab.errors import bad
 from batchlab.train.model import fresh_model
@@ -220,7 +221,7 @@ class _Curve:
         *,
         stop: float | None,
         stop_when: Callable[[list[ThroughputPoint]], str | None] | None,
-        progress: Callable[[int, int], None] | None,
+        progress: Steps | None,
         catch_oom: bool,
     ) -> int | None:
         """One timed block per batch size, up to where two doublings in a row each gained less than
@@ -349,7 +350,7 @@ def profile_throughput(
     precision: str | Precision = Precision.FP32,
     checkpoint: bool = False,
     accumulation: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Steps | None = None,
     stop_when: Callable[[list[ThroughputPoint]], str | None] | None = None,
 ) -> ThroughputProfile:
     """Median step seconds and samples/s at each batch size, and the knee.

@@ -10,6 +10,7 @@ from typing import Any
 
 from batchlab.core.store import Store
 from batchlab.core.units import format_number
+from batchlab.errors import bad
 from batchlab.lr import rate_source
 from batchlab.render import plots
 
@@ -297,8 +298,6 @@ def write_report(out: Path) -> Path:
         noise = store.latest_result("noise", workload)
     name = workload or next((r["workload"] for r in (sweep, memory, throughput, noise) if r), None)
     if name is None:
-        from batchlab.errors import bad
-
         raise bad(
             "report folder",
             str(out),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from batchlab.core.json_safe import json_safe
+from batchlab.core.progress import Say
 from batchlab.core.store import Store
 from batchlab.errors import bad
 from batchlab.schedule import BatchSchedule
@@ -18,7 +19,7 @@ from batchlab.train.record import recorded_train
 from batchlab.train.result import TrainResult
 from batchlab.workload import Workload
 
-StudyProgress = Callable[[str], None]  # told the label of each run as it starts
+StudyProgress = Say  # told the label of each run as it starts
 
 
 class StudyName(str, Enum):

@@ -26,7 +26,7 @@ import torch
 
 from batchlab.core.device import resolve_device
 from batchlab.core.store import Store
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
 from batchlab.lr import LrRule, optimizer_rule, scale_lr
 from batchlab.measure.branches import BRANCH_ORDERS, EPSILON, MAX_K, loss_metric
 from batchlab.measure.critical_batch import (
@@ -198,8 +198,7 @@ def _check_validation(
     check_batch_size(b, workload.train_size)  # before the rule scales the rate by it
     if advised_batch_size is not None:
         check_batch_size(advised_batch_size, workload.train_size, field="advised_batch_size")
-    if isinstance(validation_seeds, bool) or not isinstance(validation_seeds, int) or validation_seeds < 1:
-        raise bad("validation_seeds", validation_seeds, "an integer >= 1", "pass --validation-seeds 3")
+    check_int("validation_seeds", validation_seeds, fix="pass --validation-seeds 3")
     if not isinstance(tune_lr, bool):
         raise bad("tune_lr", tune_lr, "True or False", "leave it out to tune the rate")
 

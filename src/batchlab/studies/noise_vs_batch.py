@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from batchlab.core.data import DeviceData
 from batchlab.core.device import resolve_device
 from batchlab.core.store import Store
-from batchlab.errors import bad
+from batchlab.errors import check_int
 from batchlab.measure.noise import exact_noise_scale
 from batchlab.sharpness import flat_mean_gradient
 from batchlab.studies.arms import StudyName, StudyProgress, StudyResult
@@ -36,8 +37,7 @@ def noise_vs_batch(
     more) and measure |g_B - G|^2 against the law.
     The model is in eval mode (a per-example gradient, and so the law, needs no batch statistics)
     and in float64, so that rounding never looks like noise."""
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 8:
-        raise bad("draws", draws, "an integer >= 8", "pass --draws 64")
+    check_int("draws", draws, minimum=8, fix="pass --draws 64")
     n = workload.train_size
     steps = n // workload.batch_size if warmup_steps is None else warmup_steps
     dev = resolve_device(device)
@@ -135,7 +135,6 @@ def _row(
 
 
 def _all_examples(workload: Workload, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from batchlab.core.data import DeviceData
 
     xs, ys = zip(*DeviceData(workload.train_data, device).in_order(1024), strict=True)
     x, y = torch.cat(xs), torch.cat(ys)

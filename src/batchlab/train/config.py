@@ -14,7 +14,7 @@ import torch
 from batchlab.core import dist as _dist
 from batchlab.core.device import resolve_device
 from batchlab.core.precision import Precision, as_precision
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
 from batchlab.lr import LrRule, as_rule, rate_for
 from batchlab.schedule import BatchSchedule
 from batchlab.train.checkpoint import Checkpoint, checkpoint_steps, load_checkpoint
@@ -199,9 +199,7 @@ def step_limit(
 ) -> int:
     """The run's length in steps: `max_steps`, else `max_epochs` (or the default) over the schedule."""
     if max_steps is not None:
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise bad("max_steps", max_steps, "an integer >= 1", "pass --max-steps 1000")
-        return max_steps
+        return check_int("max_steps", max_steps, fix="pass --max-steps 1000")
     epochs = max_epochs
     if epochs is None:
         epochs = DEFAULT_EPOCHS_UNTIL_TARGET if until_target else DEFAULT_EPOCHS

@@ -20,6 +20,7 @@ from batchlab.core.data import Batch, DeviceData, Position
 from batchlab.core.device import clock
 from batchlab.core.monitor import NoiseMonitor, NoiseReading
 from batchlab.core.precision import Amp, Precision, optimizer_step
+from batchlab.core.progress import Steps
 from batchlab.core.step import backward
 from batchlab.lr import LrRule, warmup_factor
 from batchlab.schedule import BatchSchedule, Phase
@@ -49,7 +50,7 @@ from batchlab.workloads import load_workload
 # loss falls, and an average over a longer window mixes in the larger |G|^2 of earlier steps
 # (docs/measurements.md#noise-window).
 NOISE_WINDOW = 0.1
-Progress = Callable[[int, int], None]
+Progress = Steps
 
 
 def train(
