@@ -67,7 +67,12 @@ def test_lightning_logs_the_noise_scale_that_batchlab_measures(
     )
 
 
-def _hf_train(callbacks: list[Any], folder: Path, attach: bool = False) -> tuple[Any, torch.Tensor, Any]:
+def _hf_train(
+    callbacks: list[Any], folder: Path, attach: bool = False, learnable: bool = True
+) -> tuple[Any, torch.Tensor, Any]:
+    """A tiny GPT-2 under the Trainer, 12 optimizer steps of 4 x 4. `learnable` data counts up from
+    a random token (a strong gradient signal from the start); otherwise the tokens are random, and
+    the loss sits at its floor, where |G|^2 is lost in the noise."""
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(
         n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0
@@ -75,12 +80,15 @@ def _hf_train(callbacks: list[Any], folder: Path, attach: bool = False) -> tuple
     transformers.set_seed(0)
     model = transformers.GPT2LMHeadModel(config)
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 64, (256, 16), generator=generator)
+    if learnable:
+        tokens = (torch.randint(0, 64, (256, 1), generator=generator) + torch.arange(16)) % 64
+    else:
+        tokens = torch.randint(0, 64, (256, 16), generator=generator)
     data = [{"input_ids": t, "labels": t} for t in tokens]
     args = transformers.TrainingArguments(
         output_dir=str(folder), per_device_train_batch_size=4, gradient_accumulation_steps=4,
         max_steps=12, logging_steps=4, learning_rate=1e-3, use_cpu=True, save_strategy="no", seed=0,
-        disable_tqdm=True, report_to=["tensorboard"] if attach else [],
+        disable_tqdm=True, report_to=["tensorboard"] if attach else [], max_grad_norm=0.0,
     )  # fmt: skip
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     from batchlab.integrations.transformers import NoiseScaleCallback
@@ -105,6 +113,26 @@ def test_hugging_face_logs_the_noise_scale_and_trains_the_same(tmp_path: Path) -
     logged = [h for h in trainer.state.log_history if "b_simple" in h]
     assert len(logged) == 3 and all(math.isfinite(h["b_simple"]) and h["b_simple"] > 0 for h in logged)
     assert logged[-1]["b_simple"] == callback.latest.b_simple
+    assert all(h["b_simple_resolved"] == 1.0 for h in logged)
+
+
+def test_an_unresolved_noise_scale_is_left_out_of_the_logs_not_logged_as_inf(tmp_path: Path) -> None:
+    """On random tokens the loss sits at its floor and |G|^2 is not above zero by two standard
+    errors: every logged value is finite, b_simple is left out with its flag at 0, and the parts that
+    are always defined (tr(Sigma), |G|^2, the steps measured) are logged; the reading says why."""
+    from batchlab.integrations.transformers import NoiseScaleCallback
+
+    callback = NoiseScaleCallback()
+    trainer, _, _ = _hf_train([callback], tmp_path, learnable=False)
+    logs = [h for h in trainer.state.log_history if "noise_steps_measured" in h]
+    assert len(logs) == 3
+    for h in logs:
+        assert all(math.isfinite(v) for v in h.values() if isinstance(v, float)), h
+        assert ("b_simple" in h) == (h["b_simple_resolved"] == 1.0)
+        assert {"trace_sigma", "grad_sq"} <= set(h)
+    assert callback.latest is not None
+    assert callback.latest.unresolved_because is not None and "|G|^2" in callback.latest.unresolved_because
+    assert any(h["b_simple_resolved"] == 0.0 for h in logs)
 
 
 def test_attached_first_the_hugging_face_reporters_record_it(tmp_path: Path) -> None:

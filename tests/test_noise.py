@@ -201,3 +201,27 @@ def test_a_pass_read_to_a_relative_error_stops_early_and_stays_right() -> None:
         assert early.micro_batches in {EARLY_STOP_MIN * 2**i for i in range(4)}, early
         assert early.b_simple_stderr <= 0.1 * early.b_simple
         assert abs(early.b_simple - exact) <= 3 * early.b_simple_stderr, (early, exact)
+
+
+def test_a_reading_leaves_b_simple_out_of_its_metrics_until_grad_sq_is_resolved() -> None:
+    """|G|^2 = -0.42 +- 0.3 (seen under a Trainer): B_simple = tr(Sigma) / |G|^2 is noise, so the
+    metrics a logger takes carry tr(Sigma), |G|^2 and the steps measured, and the flag at 0; at
+    |G|^2 = 0.5 +- 0.2 (2.5 standard errors) B_simple is in, with its standard error."""
+    from batchlab.core.monitor import NoiseReading
+
+    common = {"step": 8, "trace_sigma": 20.0, "measurements": 8}
+    unresolved = NoiseReading(
+        b_simple=math.inf, b_simple_stderr=math.inf, grad_sq=-0.42, grad_sq_stderr=0.3, **common
+    )
+    assert unresolved.metrics() == {
+        "trace_sigma": 20.0,
+        "grad_sq": -0.42,
+        "noise_steps_measured": 8.0,
+        "b_simple_resolved": 0.0,
+    }
+    assert unresolved.unresolved_because is not None and "-0.42 +- 0.3" in unresolved.unresolved_because
+    edge = NoiseReading(b_simple=50.0, b_simple_stderr=30.0, grad_sq=0.4, grad_sq_stderr=0.2, **common)
+    assert "b_simple" not in edge.metrics()  # exactly 2 standard errors: not above
+    resolved = NoiseReading(b_simple=40.0, b_simple_stderr=20.0, grad_sq=0.5, grad_sq_stderr=0.2, **common)
+    assert resolved.unresolved_because is None
+    assert resolved.metrics()["b_simple"] == 40.0 and resolved.metrics()["b_simple_resolved"] == 1.0

@@ -32,3 +32,28 @@ def not_a_workload() -> dict[str, int]:
 
 
 NOT_CALLABLE = 3
+
+
+def printing() -> Workload:
+    """linreg, with code that prints as people's code does: the dataset when it is built, the model's
+    size from its constructor (nanoGPT's 'number of parameters'), and the loss on its first call."""
+    import dataclasses
+
+    from batchlab.workloads import linreg
+
+    base = linreg.workload()
+    print("PRINTED dataset: built")
+    said: list[int] = []
+
+    def model() -> nn.Module:
+        net = base.model()
+        print(f"PRINTED number of parameters: {sum(p.numel() for p in net.parameters())}")
+        return net
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not said:
+            said.append(1)
+            print("PRINTED loss: first call")
+        return base.loss(out, y)
+
+    return dataclasses.replace(base, name="printing", model=model, loss=loss)

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchlab.cli.shell import err_console
+from batchlab.cli.shell import err_console, json_stdout
 from batchlab.cli.usage import whole_number
 from batchlab.core import dist as _dist
 from batchlab.core.json_safe import json_safe
@@ -94,7 +94,9 @@ def run_label(run: dict[str, Any]) -> str:
 
 
 def emit_json(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(json_safe(data), indent=2) + "\n")
+    out = json_stdout()
+    out.write(json.dumps(json_safe(data), indent=2) + "\n")
+    out.flush()
 
 
 def write_json(out: Path | None, name: str, data: dict[str, Any]) -> None:

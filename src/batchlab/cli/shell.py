@@ -9,10 +9,10 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -61,10 +61,12 @@ def guarded(func: F | None = None, *, lock: bool = True, resumable: bool = False
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         out = kwargs.get("out")
         folder = out if isinstance(out, Path) else None
+        json_only = kwargs.get("as_json", False) is True
         command = _guard.command_line()
         try:
             with (
-                _guard.folder_lock(folder, command) if lock and folder and _dist.is_main() else nullcontext()
+                _guard.folder_lock(folder, command) if lock and folder and _dist.is_main() else nullcontext(),
+                stdout_for_json(json_only),
             ):
                 return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
@@ -79,6 +81,44 @@ def guarded(func: F | None = None, *, lock: bool = True, resumable: bool = False
                 raise ending(late, resumable, command, folder) from None
 
     return wrapper
+
+
+_JSON_STDOUT: list[TextIO] = []  # under --json, where the one object goes (the real stdout)
+
+
+@contextmanager
+def stdout_for_json(active: bool) -> Iterator[None]:
+    """Under --json, stdout carries the one JSON object and nothing else: whatever the user's code
+    writes there while the command runs (a model that prints its size, a progress bar, a child
+    process) goes to stderr, at the file descriptor where there is one. `json_stdout` is where the
+    object goes."""
+    if not active:
+        yield
+        return
+    real = sys.stdout
+    real.flush()
+    try:
+        fd, err = real.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (a test's runner)
+        fd = err = -1
+    saved = os.dup(fd) if fd >= 0 else -1
+    if saved >= 0:
+        os.dup2(err, fd)  # C code and child processes write to the descriptor, not to sys.stdout
+    _JSON_STDOUT.append(os.fdopen(saved, "w", closefd=False) if saved >= 0 else real)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        _JSON_STDOUT.pop().flush()
+        if saved >= 0:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def json_stdout() -> TextIO:
+    """Where a command's one JSON object goes: stdout, as it was before the command ran."""
+    return _JSON_STDOUT[-1] if _JSON_STDOUT else sys.stdout
 
 
 def ending(error: BaseException, resumable: bool, command: str, folder: Path | None) -> typer.Exit:

@@ -35,6 +35,8 @@ from batchlab.core import noise_estimator as noise_est
 from batchlab.core.step import norms, split, sq_norm
 from batchlab.errors import bad
 
+# B_simple is read once |G|^2 is this many standard errors above zero: below, the ratio is noise.
+RESOLVED_SIGMAS = 2.0
 WINDOW = 0.1  # the history averages over the last tenth of the steps so far (an exponential window)
 SPLIT_EVERY = 50  # with neither accumulation nor ranks, one step in this many is split in two
 
@@ -49,18 +51,52 @@ class NoiseReading:
     trace_sigma: float
     grad_sq: float
     measurements: int  # the steps folded into it
+    grad_sq_stderr: float = math.inf
+
+    @property
+    def unresolved_because(self) -> str | None:
+        """Why B_simple cannot be read yet (None once it can): its denominator |G|^2, the difference
+        of two noisy estimates, is not RESOLVED_SIGMAS standard errors above zero, so the ratio is
+        noise (or infinite)."""
+        g, se = self.grad_sq, self.grad_sq_stderr
+        if (
+            math.isfinite(g)
+            and math.isfinite(se)
+            and g > RESOLVED_SIGMAS * se
+            and math.isfinite(self.b_simple)
+        ):
+            return None
+        return (
+            f"|G|^2 = {g:.3g} +- {se:.2g} over {self.measurements} measured steps is not "
+            f"{RESOLVED_SIGMAS:g} standard errors above zero: the gradient's signal is not yet told "
+            "from its noise (more steps, or a larger batch, resolve it)"
+        )
 
     def metrics(self) -> dict[str, float]:
-        """The four figures a trainer's logger takes."""
+        """What a trainer's logger takes, every value finite: tr(Sigma), |G|^2 and the steps measured
+        always; B_simple and its standard error once resolved (`b_simple_resolved` says which)."""
+        figures = {
+            "trace_sigma": self.trace_sigma,
+            "grad_sq": self.grad_sq,
+            "noise_steps_measured": float(self.measurements),
+            "b_simple_resolved": 0.0 if self.unresolved_because else 1.0,
+        }
+        if not self.unresolved_because:
+            figures["b_simple"] = self.b_simple
+            if math.isfinite(self.b_simple_stderr):
+                figures["b_simple_stderr"] = self.b_simple_stderr
+        return {name: value for name, value in figures.items() if math.isfinite(value)}
+
+    def to_dict(self) -> dict[str, float]:
         return {
+            "step": self.step,
             "b_simple": self.b_simple,
             "b_simple_stderr": self.b_simple_stderr,
             "trace_sigma": self.trace_sigma,
             "grad_sq": self.grad_sq,
+            "grad_sq_stderr": self.grad_sq_stderr,
+            "measurements": self.measurements,
         }
-
-    def to_dict(self) -> dict[str, float]:
-        return {"step": self.step, **self.metrics(), "measurements": self.measurements}
 
 
 class NoiseMonitor:
@@ -198,6 +234,7 @@ class NoiseMonitor:
             trace_sigma=r.trace_sigma,
             grad_sq=r.grad_sq,
             measurements=self.state.updates,
+            grad_sq_stderr=r.grad_sq_stderr,
         )
 
     @contextmanager

@@ -45,6 +45,7 @@ class NoiseReading(NamedTuple):
     trace_sigma: float
     b_simple: float
     b_simple_stderr: float  # one standard error, propagated from both parts' spreads
+    grad_sq_stderr: float = math.inf  # one standard error of |G|^2
 
 
 def init() -> NoiseState:
@@ -100,7 +101,7 @@ def read(state: NoiseState) -> NoiseReading:
     """Bias-corrected |G|^2, tr(Sigma), their ratio B_simple, and its standard error."""
     if state.updates == 0:
         nan = float("nan")
-        return NoiseReading(nan, nan, nan, nan)
+        return NoiseReading(nan, nan, nan, nan, nan)
     g, s = state.grad_sq / state.weight, state.trace / state.weight
     b_simple = s / g if g > 0 else math.inf
     # The effective sample size of a weighted mean, (sum w)^2 / sum w^2: (1 + beta) / (1 - beta)
@@ -113,4 +114,5 @@ def read(state: NoiseState) -> NoiseReading:
         stderr = abs(b_simple) * rel
     else:
         stderr = math.inf
-    return NoiseReading(g, s, b_simple, stderr)
+    g_stderr = math.sqrt(var_g / (n_eff - 1)) if n_eff > 1 else math.inf
+    return NoiseReading(g, s, b_simple, stderr, g_stderr)

@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,7 +141,7 @@ class TrialServer:
 
     def __init__(self) -> None:
         env = {**os.environ, **CPU_MALLOC_ENV}
-        src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        src = str(Path(__file__).resolve().parents[2])  # the folder that holds the batchlab package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, *sys.path, env.get("PYTHONPATH", "")) if p)
         env["BATCHLAB_PARENT_PID"] = str(os.getpid())  # the server ends when this process does
         self.process = subprocess.Popen(

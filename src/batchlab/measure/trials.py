@@ -17,11 +17,20 @@ import time
 import traceback
 from typing import Any
 
+_ANSWERS: Any = sys.stdout  # the answers' own copy of the pipe (see _serve)
+
 
 def _serve() -> None:
     # Interrupts are the parent's to handle (it kills this server); a Ctrl-C at the terminal
     # reaches the whole process group, and must not print a traceback from here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # stdout is the answers' channel: the user's code (a model that prints its size, a progress bar)
+    # writes to file descriptor 1 in this server and in every forked trial, so that descriptor
+    # becomes stderr and the answers keep a copy of the pipe of their own.
+    global _ANSWERS
+    sys.stdout.flush()
+    _ANSWERS = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     die_with(int(os.environ.get("BATCHLAB_PARENT_PID", os.getppid())))
     try:
         _serve_plans()
@@ -129,8 +138,8 @@ def _last_line(exc: BaseException) -> str:
 
 
 def _answer(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    _ANSWERS.write(json.dumps(message) + "\n")
+    _ANSWERS.flush()
 
 
 if __name__ == "__main__":
