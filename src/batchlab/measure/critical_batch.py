@@ -1,4 +1,4 @@
-"""The critical batch size over training, measured by branched training, and a ramp built from it.
+"""The critical batch size over training, measured by branched training, and the ramp built from it.
 
 Merrill, Arora, Groeneveld, Hajishirzi 2025 (arXiv:2505.23971): from a checkpoint of a run at batch
 B, continue at k B (k = 1, 2, 4, ...) with the rule's learning rate for the same number of examples;
@@ -8,10 +8,11 @@ B_crit(L) ~ B* / L^(1/alpha_B)), and that a batch ramped up to follow it saves s
 loss. The gradient noise scale B_simple, measured beside it at the same parameters, is the cheap
 proxy it is compared with.
 
-`critical_batch` runs the study: the reference run to the target, checkpoints at fractions of its
-steps, the branches from each, B_simple there, the ramp built from the measurements, and the ramp
-trained against the constant batch (and the advised one, when given). Every run is recorded in the
-store; a killed study resumes from the runs it finished and the checkpoints it saved.
+`measure` takes the measurement: the reference run to the target, checkpoints at fractions of its
+steps, the branches from each (`branches.py`), B_simple there, and the ramp built from what they
+read. Every run is recorded in the store; a killed measurement resumes from the runs it finished
+and the checkpoints it saved. The study (`studies/critical.py`) trains the ramp against the
+constant batch; the advice (`advise/ramp.py`) offers it.
 """
 
 from __future__ import annotations

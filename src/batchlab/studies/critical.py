@@ -1,17 +1,11 @@
-"""The critical batch size over training, measured by branched training, and a ramp built from it.
+"""The critical-batch study: the critical batch measured along a run by branched training
+(`measure/critical_batch.py`, Merrill et al. 2025), B_simple beside it, and the batch ramp built
+from it trained against the constant batch (and the advised one, when given) over several seeds:
+does a batch that ramps up to follow the critical batch save updates at no cost in loss?
 
-Merrill, Arora, Groeneveld, Hajishirzi 2025 (arXiv:2505.23971): from a checkpoint of a run at batch
-B, continue at k B (k = 1, 2, 4, ...) with the rule's learning rate for the same number of examples;
-the critical batch at that point is the largest k B that trains about as well per example as the
-k = 1 branch. They found it small early and growing as the loss falls (as Kaplan et al. 2020 wrote
-B_crit(L) ~ B* / L^(1/alpha_B)), and that a batch ramped up to follow it saves steps at no cost in
-loss. The gradient noise scale B_simple, measured beside it at the same parameters, is the cheap
-proxy it is compared with.
-
-`critical_batch` runs the study: the reference run to the target, checkpoints at fractions of its
-steps, the branches from each, B_simple there, the ramp built from the measurements, and the ramp
-trained against the constant batch (and the advised one, when given). Every run is recorded in the
-store; a killed study resumes from the runs it finished and the checkpoints it saved.
+The reference run is at the given rate, or the workload's scaled to the batch and tuned there
+(`reference_rate`): a ramp compared with a constant batch at too low a rate wins by its rate. Every
+run is recorded in the store; a killed study resumes from the runs it finished.
 """
 
 from __future__ import annotations
