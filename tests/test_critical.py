@@ -425,3 +425,17 @@ def test_cli_advise_schedule_offers_a_ramp_only_when_it_saves_updates(tmp_path: 
     assert 1 <= len(plan["points"]) <= 4  # fewer when the run is too short for four distinct steps
     assert json.loads((tmp_path / "advice.json").read_text())["schedule"] == plan
     assert "A batch ramp" in (tmp_path / "report.html").read_text()
+
+
+def test_the_branched_rule_on_numbers_worked_by_hand() -> None:
+    """From a loss of 4 the k = 1 branch falls to 3 (progress 1; every number here is exact in
+    binary). With epsilon 1/4 a branch keeps up when it falls by at least 3/4: k = 2 to 3.125 (7/8)
+    does, k = 4 to 3.25 (exactly 3/4, the threshold itself) does, k = 8 to 3.375 (5/8) does not, and
+    k = 16's fall (7/8) cannot count past the branch that failed. No progress at k = 1 leaves
+    nothing to compare with."""
+    losses = {1: 3.0, 2: 3.125, 4: 3.25, 8: 3.375, 16: 3.125}
+    assert critical_from_branches(4.0, losses, epsilon=0.25) == 4
+    assert critical_from_branches(4.0, losses, epsilon=0.125) == 2  # 7/8 needed: k = 2 exactly, k = 4 short
+    assert critical_from_branches(4.0, {1: 3.0, 2: 3.5}, epsilon=0.25) == 1
+    assert critical_from_branches(4.0, {1: 4.0, 2: 3.0}, epsilon=0.25) is None  # k = 1 made no progress
+    assert critical_from_branches(4.0, {1: 4.5, 2: 3.0}, epsilon=0.25) is None  # ... or went backwards

@@ -22,8 +22,6 @@ from .helpers import invoke_json
 def test_two_batch_formulas_by_hand() -> None:
     """|G|^2 = 2, tr(Sigma) = 80: E|G_8|^2 = 2 + 80/8 = 12 and E|G_32|^2 = 2 + 80/32 = 4.5."""
     assert est.one_step(small_sq=12.0, big_sq=4.5, b_small=8, b_big=32) == pytest.approx((2.0, 80.0))
-    # McCandlish's form of |G|^2: (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
-    assert pytest.approx(2.0) == (32 * 4.5 - 8 * 12.0) / (32 - 8)
 
 
 def test_finite_population_correction_by_hand() -> None:

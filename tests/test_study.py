@@ -84,7 +84,18 @@ def test_cli_study_writes_a_self_contained_report(tmp_path: Path) -> None:
     assert [(r["batch_size"], r["group"]) for r in data["rows"]] == [
         (16, "fixed"), (64, "fixed"), (16, "scaled"), (64, "scaled"),
     ]  # fmt: skip
-    assert all(r["curve_distance"] >= 1 for r in data["rows"] if r["batch_size"] == 64)
+    # The arms' rates: the reference's (digits-mlp: 0.05 at 32) fixed, and scaled by the linear rule.
+    rates = {(r["batch_size"], r["group"]): r["lr"] for r in data["rows"]}
+    assert rates == pytest.approx(
+        {(16, "fixed"): 0.05, (64, "fixed"): 0.05, (16, "scaled"): 0.025, (64, "scaled"): 0.1}
+    )
+    # The finding reports the direction the distances show: scaling brought B=64 closer, or did not.
+    fixed, scaled = (rows_64["curve_distance"] for rows_64 in data["rows"][1::2])
+    said = " ".join(data["findings"])
+    if scaled < fixed:
+        assert "Scaling the learning rate brought B=64 closer." in said
+    else:
+        assert "At B=64 the scaled rate did not help" in said
     assert json.loads((tmp_path / "study.json").read_text())["findings"] == data["findings"]
     page = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in page

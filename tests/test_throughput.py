@@ -115,8 +115,12 @@ def test_cli_throughput_json() -> None:
         "throughput", "--workload", "digits-mlp", "--batch-sizes", "8,32,128", "--repeats", "2"
     )
     assert [p["batch_size"] for p in data["points"]] == [8, 32, 128]
-    assert all(p["step_seconds"] > 0 and p["samples_per_second"] > 0 for p in data["points"])
-    assert data["knee_batch_size"] in (8, 32, 128)
+    for p in data["points"]:  # samples/s is the batch over the step's median seconds
+        assert p["step_seconds"] > 0 and p["samples_per_second"] == pytest.approx(
+            p["batch_size"] / p["step_seconds"]
+        )
+    profile = ThroughputProfile.from_dict(data)
+    assert data["knee_batch_size"] == find_knee(list(profile.points), data["knee_gain"])
 
 
 class _SlowSpell(torch.nn.Module):
