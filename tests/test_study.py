@@ -105,3 +105,12 @@ def test_cli_study_writes_a_self_contained_report(tmp_path: Path) -> None:
 def test_cli_study_refuses_another_studys_option(tmp_path: Path) -> None:
     result = invoke("study", "noise-vs-batch", "--epochs", "3", "--out", str(tmp_path))
     assert_one_line_error(result, "--epochs", "noise-vs-batch")
+
+
+def test_a_large_batch_past_the_training_set_is_one_line(tmp_path: Path) -> None:
+    """Found by the fuzz once it reached each study's own options: --large past the training set
+    divided by zero (an epoch of it is 0 updates) and ended as an internal error."""
+    result = invoke(
+        "study", "generalization", "--workload", "linreg", "--large", "99999", "--out", str(tmp_path)
+    )
+    assert_one_line_error(result, "large must be at most the training set's size, 8192 (got 99999)")

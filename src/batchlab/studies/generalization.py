@@ -17,12 +17,11 @@ from batchlab.studies.arms import (
     StudyName,
     StudyProgress,
     StudyResult,
-    batch_sizes_for,
     check_epochs,
     fmt_value,
     run_arms,
 )
-from batchlab.workload import Workload
+from batchlab.workload import Workload, check_batch_size
 
 
 def generalization(
@@ -41,7 +40,9 @@ def generalization(
     small = workload.batch_size if small is None else small
     if large is None:  # 16x the small batch, at most a quarter of the data, a power of two if capped
         large = min(16 * small, 1 << int(math.log2(max(workload.train_size // 4, 1))))
-    batch_sizes_for([small, large], workload)
+    # Both must fit in the training set: an epoch of the large batch is n // large updates.
+    check_batch_size(small, workload.train_size, field="small")
+    check_batch_size(large, workload.train_size, field="large")
     if large <= small:
         raise bad("large", large, f"larger than the small batch {small}", "pass --large 512")
     ghost = small if ghost_batch_size is None else ghost_batch_size
