@@ -74,8 +74,10 @@ class AdviseConfig:
             object.__setattr__(self, "emit", as_emit(self.emit))  # a string from Python callers
 
         limit = self.memory_limit
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise bad("memory_limit", limit, "a whole number of bytes >= 1", "pass --memory-limit 2GiB")
+        if limit is not None:
+            check_int(
+                "memory_limit", limit, expected="a whole number of bytes >= 1", fix="pass --memory-limit 2GiB"
+            )
         seconds = self.budget_seconds
         if seconds is not None and (
             isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf

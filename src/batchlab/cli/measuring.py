@@ -61,7 +61,6 @@ def memory_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Find the largest batch whose whole training step fits, exactly, in child processes."""
-
     wl = load_workload(workload)
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
     reserve_bytes = 0 if reserve is None else parse_bytes(reserve, field="reserve")
@@ -146,7 +145,6 @@ def throughput_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Time whole training steps across batch sizes; find the knee where doubling stops paying."""
-
     wl = load_workload(workload)
     with progress_bar(f"timing {wl.name}", quiet=quiet(as_json)) as update:
         profile = profile_throughput(
@@ -174,7 +172,6 @@ def noise_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the gradient noise scale B_simple while training, and precisely at the end."""
-
     wl = load_workload(workload)
     with progress_bar(f"measuring {wl.name}", quiet=quiet(as_json)) as update:
         estimate, _ = measure_noise(

@@ -45,7 +45,6 @@ from batchlab.workloads import BUILTINS, load_workload
 @guarded
 def workloads_command(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """List the built-in workloads."""
-
     rows = [{"name": name, "summary": b.summary} for name, b in BUILTINS.items()]
     if as_json:
         emit_json({"workloads": rows})
@@ -213,7 +212,6 @@ def sweep_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train to the target at several batch sizes; fit steps = S_min (1 + B_crit / B)."""
-
     _tensorboard.check_available(tensorboard)
     wl = load_workload(workload)
     store = open_store(out)

@@ -243,10 +243,9 @@ def _check_options(
         )
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
         raise bad("epsilon", epsilon, "a number in (0, 1)", "pass --epsilon 0.2")
-    if branch_examples is not None and (
-        isinstance(branch_examples, bool) or not isinstance(branch_examples, int) or branch_examples < 2 * b
-    ):
-        raise bad("branch_examples", branch_examples, f"an integer >= {2 * b} (two batches)", "leave it out")
+    if branch_examples is not None:
+        expected = f"an integer >= {2 * b} (two batches)"
+        check_int("branch_examples", branch_examples, minimum=2 * b, expected=expected, fix="leave it out")
     return b
 
 

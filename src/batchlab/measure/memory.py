@@ -210,16 +210,16 @@ def _bounds(
 ) -> tuple[int, int, int, int]:
     """The search's first batch and its cap (a multiple of the granularity), the data each rank
     holds, and the reserve (with DDP's gradient buckets under torchrun); each checked."""
-    _check_positive_int(limit, "limit_bytes", "pass --memory-limit 2GiB")
+    check_int("limit_bytes", limit, expected="a whole number >= 1", fix="pass --memory-limit 2GiB")
     if not isinstance(reserve_bytes, int) or not 0 <= reserve_bytes < limit:
         raise bad(
             "reserve_bytes", reserve_bytes, f"a whole number of bytes from 0 to below the limit ({limit})"
         )
-    _check_positive_int(granularity, "granularity", "pass --granularity 8, say")
-    _check_positive_int(min_batch_size, "min_batch_size", "pass --min-batch-size 1")
+    check_int("granularity", granularity, expected="a whole number >= 1", fix="pass --granularity 8, say")
+    check_int("min_batch_size", min_batch_size, expected="a whole number >= 1", fix="pass --min-batch-size 1")
     per_device_data = workload.train_size // _dist.world_size()  # a global batch is at most the data
     cap = per_device_data if max_batch_size is None else min(max_batch_size, per_device_data)
-    _check_positive_int(cap, "max_batch_size", "pass --max-batch-size 1024, say")
+    check_int("max_batch_size", cap, expected="a whole number >= 1", fix="pass --max-batch-size 1024, say")
     start = max(min_batch_size, granularity) if granularity > 1 else min_batch_size
     start = math.ceil(start / granularity) * granularity
     if start > cap:
@@ -248,7 +248,3 @@ def _agree(outcome: MemoryTrial) -> MemoryTrial:
         peak_bytes=None if peak < 0 else int(peak),
         error=outcome.error if not outcome.fits or fits else "another_rank",
     )
-
-
-def _check_positive_int(value: object, field: str, fix: str) -> None:
-    check_int(field, value, expected="a whole number >= 1", fix=fix)

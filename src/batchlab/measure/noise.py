@@ -232,7 +232,6 @@ def noise_at_parameters(
 
 def _pass_reading(small: list[float], total: list[torch.Tensor], micro_batch: int, n: int) -> PassReading:
     """B_simple and its standard error from the micro-batches' |G_small|^2 and their summed gradient."""
-
     count = len(small)
     big_sq = float(sq_norm([t / count for t in total]))
     small_sq = sum(small) / count

@@ -15,9 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
-
-_ANSWERS: Any = sys.stdout  # the answers' own copy of the pipe (see _serve)
+from typing import Any, TextIO
 
 
 def _serve() -> None:
@@ -27,13 +25,12 @@ def _serve() -> None:
     # stdout is the answers' channel: the user's code (a model that prints its size, a progress bar)
     # writes to file descriptor 1 in this server and in every forked trial, so that descriptor
     # becomes stderr and the answers keep a copy of the pipe of their own.
-    global _ANSWERS
     sys.stdout.flush()
-    _ANSWERS = os.fdopen(os.dup(1), "w")
+    answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     die_with(int(os.environ.get("BATCHLAB_PARENT_PID", os.getppid())))
     try:
-        _serve_plans()
+        _serve_plans(answers)
     except BrokenPipeError:  # the parent went away: nothing left to answer
         os._exit(0)
 
@@ -60,7 +57,7 @@ def die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _serve_plans() -> None:
+def _serve_plans(answers: TextIO) -> None:
     import torch  # imported once here, shared by every forked trial
 
     # GNU OpenMP's thread pool does not survive fork: the server never starts it (one thread),
@@ -81,7 +78,7 @@ def _serve_plans() -> None:
             try:
                 workloads[plan.spec] = load_workload(plan.spec)
             except Exception as exc:  # the parent reports it as the workload's failure
-                _answer({"failure": _last_line(exc)})
+                _answer(answers, {"failure": _last_line(exc)})
                 continue
         read_fd, write_fd = os.pipe()
         server = os.getpid()
@@ -98,11 +95,11 @@ def _serve_plans() -> None:
             raw = reader.read()
         _, status = os.waitpid(pid, 0)
         if raw:
-            _answer(json.loads(raw))
+            _answer(answers, json.loads(raw))
         elif os.WIFSIGNALED(status):
-            _answer({"signal": os.WTERMSIG(status)})
+            _answer(answers, {"signal": os.WTERMSIG(status)})
         else:
-            _answer({"exit_code": os.WEXITSTATUS(status)})
+            _answer(answers, {"exit_code": os.WEXITSTATUS(status)})
 
 
 def _warm_up(torch: Any) -> None:
@@ -137,9 +134,9 @@ def _last_line(exc: BaseException) -> str:
     return line
 
 
-def _answer(message: dict[str, Any]) -> None:
-    _ANSWERS.write(json.dumps(message) + "\n")
-    _ANSWERS.flush()
+def _answer(answers: TextIO, message: dict[str, Any]) -> None:
+    answers.write(json.dumps(message) + "\n")
+    answers.flush()
 
 
 if __name__ == "__main__":

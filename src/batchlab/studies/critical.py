@@ -21,7 +21,7 @@ import torch
 from batchlab.core.device import resolve_device
 from batchlab.core.store import Store
 from batchlab.errors import bad, check_int
-from batchlab.lr import LrRule, optimizer_rule, scale_lr
+from batchlab.lr import LrRule, optimizer_rule, rate_for, scale_lr
 from batchlab.measure.branches import BRANCH_ORDERS, EPSILON, MAX_K, loss_metric
 from batchlab.measure.critical_batch import (
     POINTS,
@@ -218,7 +218,7 @@ def reference_rate(
     if lr is not None:
         return check_lr(lr), {"lr": lr, "source": "given", "start": lr}
     rule = optimizer_rule(workload)
-    start = scale_lr(rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
+    start = rate_for(workload, b, rule)
     if not tune:
         return start, {
             "lr": start,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from batchlab.core.store import Store
-from batchlab.lr import LrRule, scale_lr
+from batchlab.lr import LrRule, rate_for
 from batchlab.studies.arms import (
     Arm,
     StudyName,
@@ -42,7 +42,7 @@ def lr_scaling(
     arms = []
     for group, group_rule in (("fixed", LrRule.NONE), ("scaled", rule)):
         for b in sizes:
-            lr = scale_lr(group_rule, lr_ref=workload.lr, batch_ref=workload.batch_size, batch_size=b)
+            lr = rate_for(workload, b, group_rule)
             warmup = round(warmup_epochs * (workload.train_size // b))
             arms.append(
                 Arm(

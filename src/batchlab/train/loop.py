@@ -50,7 +50,6 @@ from batchlab.workloads import load_workload
 # loss falls, and an average over a longer window mixes in the larger |G|^2 of earlier steps
 # (docs/measurements.md#noise-window).
 NOISE_WINDOW = 0.1
-Progress = Steps
 
 
 def train(
@@ -81,7 +80,7 @@ def train(
     data_seed: int | None = None,
     keep_model: bool = False,
     on_point: Callable[[CurvePoint], None] | None = None,
-    progress: Progress | None = None,
+    progress: Steps | None = None,
 ) -> TrainResult:
     """Train a fresh model from `workload` at `batch_size` and return its whole curve.
 
@@ -124,7 +123,7 @@ def run(
     config: TrainConfig,
     *,
     on_point: Callable[[CurvePoint], None] | None = None,
-    progress: Progress | None = None,
+    progress: Steps | None = None,
 ) -> TrainResult:
     """`train` with its options as one config."""
     _dist.init_from_env()
@@ -259,7 +258,7 @@ class _Loop:
         return out.loss
 
     def run(
-        self, *, on_point: Callable[[CurvePoint], None] | None, progress: Progress | None
+        self, *, on_point: Callable[[CurvePoint], None] | None, progress: Steps | None
     ) -> tuple[list[CurvePoint], str]:
         limit, until_target, eval_every = self.limit, self.config.until_target, self.config.eval_every
         curve = [self._point(None)]
@@ -332,7 +331,7 @@ class _Loop:
         points: list[CurvePoint],
         curve: list[CurvePoint],
         on_point: Callable[[CurvePoint], None] | None,
-        progress: Progress | None,
+        progress: Steps | None,
         limit: int,
     ) -> None:
         for point in points:
