@@ -91,6 +91,13 @@ def test_bad_input_is_one_line_and_exit_2(
         (["train", "--max-steps", "ten"], ["max_steps must be a whole number (got 'ten')", "--max-steps"]),
         (["nosuch"], ["No such command 'nosuch'"]),
         (["noise", "--batch-sizes", "8"], ["another command: sweep, throughput"]),
+        # Past torch's int64 a seed overflowed inside manual_seed (found by test_fuzz).
+        (
+            ["study", "noise-vs-batch", "--seed", str(-(2**63) - 1)],
+            ["seed must be a whole number from 0 to 4294967295", "--seed 0"],
+        ),
+        (["train", "--seed", str(2**32)], ["seed must be a whole number from 0 to 4294967295"]),
+        (["sweep", "--seeds", "0,-1"], ["seeds must be a whole number from 0 to 4294967295 (got -1)"]),
     ],
 )
 def test_usage_errors_are_one_line_too(args: list[str], fragments: list[str]) -> None:

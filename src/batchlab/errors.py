@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Seeds span what NumPy and Lightning's seed_everything take; an offset added to one stays in torch's int64.
+SEED_MAX = 2**32 - 1
+
 
 class BatchlabError(Exception):
     """Base class for every error batchlab raises on purpose."""
@@ -39,4 +42,17 @@ def check_int(
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise bad(field, value, expected or f"an integer >= {minimum}", fix)
+    return value
+
+
+def check_seed(value: object, *, field: str = "seed", fix: str = "pass seed=0") -> int:
+    """`value` if it is a seed: a whole number from 0 to SEED_MAX (2**32 - 1); else `bad`.
+
+    >>> check_seed(-1, fix="pass --seed 0")
+    Traceback (most recent call last):
+    ...
+    batchlab.errors.ConfigError: seed must be a whole number from 0 to 4294967295 (got -1); pass --seed 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise bad(field, value, f"a whole number from 0 to {SEED_MAX}", fix)
     return value

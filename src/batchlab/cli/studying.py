@@ -24,7 +24,7 @@ from batchlab.cli.options import (
     write_tensorboard,
 )
 from batchlab.cli.shell import err_console, guarded
-from batchlab.cli.usage import Commands, whole_number
+from batchlab.cli.usage import Commands, seed_number
 from batchlab.core import dist as _dist
 from batchlab.integrations import tensorboard as _tensorboard
 from batchlab.render.report import render_study
@@ -44,7 +44,7 @@ Workload = Annotated[
     str,
     typer.Option("--workload", "-w", help="a built-in name, package.module:function, or file.py:function"),
 ]
-Seed = Annotated[int, typer.Option("--seed", parser=whole_number("--seed"))]
+Seed = Annotated[int, typer.Option("--seed", metavar="INT", parser=seed_number("--seed"))]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="training length of the base arms")]
 
 

@@ -29,9 +29,10 @@ from batchlab.cli.options import (
     write_tensorboard,
 )
 from batchlab.cli.shell import err_console, guarded
+from batchlab.cli.usage import seed_number
 from batchlab.core import dist as _dist
 from batchlab.core.precision import Precision
-from batchlab.errors import bad
+from batchlab.errors import bad, check_seed
 from batchlab.integrations import tensorboard as _tensorboard
 from batchlab.lr import LrRule
 from batchlab.render import plots
@@ -101,7 +102,7 @@ def train_command(
     ),
     sharpness: bool = typer.Option(False, "--sharpness", help="measure the final model's sharpness"),
     device: DeviceOpt = "auto",
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", metavar="INT", parser=seed_number("--seed")),
     out: Path = typer.Option(None, "--out", help="folder for results.db and train.json"),
     tensorboard: TensorBoardOpt = None,
     as_json: JsonOpt = False,
@@ -232,7 +233,10 @@ def sweep_command(
                 lr_rule=lr_rule,
                 lr_multipliers=parse_float_list(lr_multipliers, "lr_multipliers", flag="--lr-multipliers")
                 or [],
-                seeds=parse_int_list(seeds, "seeds", flag="--seeds") or [],
+                seeds=[
+                    check_seed(s, field="seeds", fix="pass --seeds 0,1,2")
+                    for s in parse_int_list(seeds, "seeds", flag="--seeds") or []
+                ],
                 b_noise=b_noise,
                 max_steps=max_steps,
                 max_epochs=max_epochs,

@@ -24,7 +24,7 @@ except ImportError:  # older typer runs on click itself
     from click.exceptions import NoArgsIsHelpError  # type: ignore[assignment,no-redef]
 
 from batchlab.core import dist as _dist
-from batchlab.errors import bad
+from batchlab.errors import ConfigError, bad, check_seed
 
 
 class Refused(Exception):
@@ -43,6 +43,20 @@ def whole_number(flag: str) -> Callable[[Any], int]:
             return int(str(text).strip())
         except ValueError:
             raise Refused(str(bad(field, text, "a whole number", f"pass {flag} 32, say"))) from None
+
+    return parse
+
+
+def seed_number(flag: str) -> Callable[[Any], int]:
+    """The parser of a seed option: a whole number from 0 to 2**32 - 1, else the one-line error."""
+    number = whole_number(flag)
+    field = flag.lstrip("-").replace("-", "_")
+
+    def parse(text: Any) -> int:
+        try:
+            return check_seed(number(text), field=field, fix=f"pass {flag} 0")
+        except ConfigError as error:
+            raise Refused(str(error)) from None
 
     return parse
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from batchlab.core.store import Store
-from batchlab.errors import bad
+from batchlab.errors import bad, check_seed
 from batchlab.studies.arms import StudyName, StudyProgress, StudyResult
 from batchlab.studies.critical import critical_batch
 from batchlab.studies.generalization import generalization
@@ -77,6 +77,7 @@ def run_study(
     except ValueError:
         choices = ", ".join(s.value for s in StudyName)
         raise bad("study", name, f"one of {choices}", "pass `batchlab study lr-scaling`") from None
+    check_seed(seed, fix="pass --seed 0")
     workload = load_workload(workload)
     started = time.perf_counter()
     result = STUDIES[study](workload, store=store, seed=seed, device=device, progress=progress, **options)

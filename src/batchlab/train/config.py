@@ -14,7 +14,7 @@ import torch
 from batchlab.core import dist as _dist
 from batchlab.core.device import resolve_device
 from batchlab.core.precision import Precision, as_precision
-from batchlab.errors import bad, check_int
+from batchlab.errors import bad, check_int, check_seed
 from batchlab.lr import LrRule, as_rule, rate_for
 from batchlab.schedule import BatchSchedule
 from batchlab.train.checkpoint import Checkpoint, checkpoint_steps, load_checkpoint
@@ -81,9 +81,9 @@ class TrainConfig:
             raise bad("warmup_steps", self.warmup_steps, "an integer >= 0")
         if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
             raise bad("eval_every", self.eval_every, "an integer >= 1, or None for the automatic schedule")
+        check_seed(self.seed)
         if self.data_seed is not None:
-            if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int):
-                raise bad("data_seed", self.data_seed, "an integer", "pass data_seed=1")
+            check_seed(self.data_seed, field="data_seed", fix="pass data_seed=1")
             if self.resume_from is None:
                 raise bad(
                     "data_seed", self.data_seed, "used with resume_from", "pass seed= for a fresh run's order"
