@@ -13,9 +13,15 @@ import pytest
 import batchlab
 from batchlab import load_workload
 from batchlab.advise.evidence import SIDE_BY_SIDE_REPEATS
-from batchlab.advise.model import candidate_sizes, point_and_window_disagree, predict, throughput_stop
+from batchlab.advise.model import (
+    FLAT_AT_MOST,
+    candidate_sizes,
+    point_and_window_disagree,
+    predict,
+    throughput_stop,
+)
 from batchlab.advise.result import Prediction
-from batchlab.lr import lr_for
+from batchlab.lr import LrRule, lr_for
 from batchlab.measure.lr_search import Measured, tune_lr
 from batchlab.measure.throughput import ThroughputPoint, ThroughputProfile
 from batchlab.render.report import render_report
@@ -41,8 +47,13 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     assert set(data["reference"]) >= {"batch_size", "lr"}
     assert data["lr_rule"] == "noise"  # digits-mlp trains with SGD
     assert 1 <= data["batch_size"] <= data["max_batch_size"]
-    best = min(data["predictions"], key=lambda p: p["seconds_to_target"])
-    assert data["batch_size"] == best["batch_size"]
+    fastest = min(data["predictions"], key=lambda p: p["seconds_to_target"])
+    # The fastest prediction, or the smallest batch of a flat optimum around it (model.flat_choice).
+    best = next(p for p in data["predictions"] if p["batch_size"] == data["batch_size"])
+    assert best["seconds_to_target"] <= FLAT_AT_MOST * fastest["seconds_to_target"]
+    assert best["batch_size"] <= fastest["batch_size"]
+    flat_words = f"the smallest, {best['batch_size']}, is chosen"
+    assert (flat_words in " ".join(data["rationale"])) == (best is not fastest)
     # The prediction is split at the cap: what fits, and what is drawn past it.
     assert all(p["batch_size"] <= data["max_batch_size"] for p in data["predictions"])
     assert all(p["batch_size"] > data["max_batch_size"] for p in data["predictions_past_cap"])
@@ -102,7 +113,7 @@ def test_cli_advise_acceptance(tmp_path: Path) -> None:
     # the cap is the largest batch that ran there, a lower bound, and the report says why.
     ran = max(p["batch_size"] for p in data["throughput"]["points"] if p["step_seconds"] is not None)
     assert data["memory"]["trials"] == [] and data["max_batch_size_is_lower_bound"]
-    assert data["max_batch_size"] == ran and data["memory_probed_to"] == best["batch_size"] <= ran
+    assert data["max_batch_size"] == ran and data["memory_probed_to"] == fastest["batch_size"] <= ran
     page = (tmp_path / "report.html").read_text()
     # The profile stops at the knee, or earlier where no larger batch could be the advice: then it says
     # so, and names no knee unless its last doublings had stopped paying.
@@ -241,7 +252,8 @@ def test_candidates_include_reference_and_cap() -> None:
 def test_lr_doubling_needs_the_target_reached() -> None:
     """Two rates that both miss the target within the cap are not a gain: the search keeps the first."""
     runs = FakeRuns({(0.1, 0): 999, (0.1, 1): 999, (0.2, 0): 999, (0.2, 1): 999})
-    lr, checks = tune_lr(runs, 64, 0.1, 50)
+    tuned = tune_lr(runs, 64, 0.1, 50)
+    lr, checks = tuned.lr, tuned.checks
     assert lr == 0.1
     assert sorted({lr for lr, _, _ in runs.tried}) == [0.1, 0.2]
     assert len(checks) == 2  # a seed that misses ends its rate's attempt: the slower seed decides
@@ -252,7 +264,8 @@ def test_a_doubling_stops_when_it_can_no_longer_win() -> None:
     kept, so it is trained for at most 90 steps (88, the last evaluation point of an uncapped run
     before that), and missing there ends the search at 0.1."""
     runs = FakeRuns({(0.1, 0): 100, (0.1, 1): 100, (0.2, 0): 999, (0.2, 1): 999})
-    lr, checks = tune_lr(runs, 64, 0.1, 160)
+    tuned = tune_lr(runs, 64, 0.1, 160)
+    lr, checks = tuned.lr, tuned.checks
     assert lr == 0.1
     assert runs.tried == [(0.1, 0, 160), (0.1, 1, 160), (0.2, 0, 88)]  # 90, down to the evaluation grid
     assert [(m.lr, m.steps_to_target) for m in checks] == [(0.1, 100), (0.1, 100), (0.2, None)]
@@ -261,7 +274,8 @@ def test_a_doubling_stops_when_it_can_no_longer_win() -> None:
 class FakeRuns:
     """Runs to the target that take `outcome[(lr, seed)]` steps (None: diverged), or miss it when that
     is past their step limit; `tried` keeps the (lr, seed, limit) of each run, in order, and `on_run`
-    is told each run's steps (a fake clock advances with it)."""
+    is told each run's steps (a fake clock advances with it). A rate trained twice on one seed fails
+    the test: the search never needs to (the same seed and rate train the same run)."""
 
     def __init__(
         self, outcome: dict[tuple[float, int], int | None], on_run: Callable[[float, int], None] | None = None
@@ -270,6 +284,7 @@ class FakeRuns:
         self.tried: list[tuple[float, int, int]] = []
 
     def to_target(self, batch_size: int, lr: float, seed: int, max_steps: int) -> Measured:
+        assert (round(lr, 4), seed) not in [(r, s) for r, s, _ in self.tried], "a rate trained twice"
         self.tried.append((round(lr, 4), seed, max_steps))
         steps = self.outcome[(round(lr, 4), seed)]
         reached = None if steps is None or steps > max_steps else steps
@@ -301,15 +316,22 @@ def test_a_confirmed_search_starts_in_the_middle_and_checks_the_last_doubling_on
     within the whole limit, and at 0.2 only until the doubling has surely paid (fewer than 70 / 0.9,
     so at most 76 steps, on the evaluation grid): diverging at 0.4 backs the search off to 0.2;
     0.4 in 70 keeps it, 0.2 taking 85; 0.4 in 75 (0.2 must beat 83.3) does not, 0.2 in 80 being
-    within 10%. The rule rate 0.1, the slowest, is never trained."""
+    within 10%. The rule rate 0.1, the slowest, is never trained; 0.8 misses within 54 (90% of 60)."""
     from batchlab.measure.lr_search import tune_lr
 
-    outcome = {(0.2, 0): 80, (0.4, 0): 60, (0.2, 1): 85 if seed1_at_top != 75 else 80, (0.4, 1): seed1_at_top}
+    outcome = {
+        (0.2, 0): 80,
+        (0.4, 0): 60,
+        (0.8, 0): 999,
+        (0.2, 1): 85 if seed1_at_top != 75 else 80,
+        (0.4, 1): seed1_at_top,
+    }
     runs = FakeRuns(outcome)
-    lr, checks = tune_lr(runs, 64, 0.1, 160, confirm=True)
+    tuned = tune_lr(runs, 64, 0.1, 160, confirm=True)
+    lr, checks = tuned.lr, tuned.checks
     tried = runs.tried
     assert lr == expected_lr
-    assert tried == [(0.2, 0, 160), (0.4, 0, 72), *expected_tail]
+    assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.8, 0, 54), *expected_tail]
     assert all(m.steps_to_target is not None for m in checks if m.lr == lr)
 
 
@@ -318,17 +340,35 @@ def test_a_confirmed_search_halves_from_the_middle_while_the_doubling_does_not_p
     seed0_at_low: int, expected_lr: float
 ) -> None:
     """0.2 takes 80 steps, 0.4 misses within 72: the search halves to 0.1, which takes over only if
-    it reaches the target in fewer than 80 / 0.9 steps (at most 88). In 85 it does, and seed 1
-    checks it alone; in 95 it does not, and seed 1 checks the doubling from it to 0.2."""
+    it reaches the target in fewer than 80 / 0.9 steps (at most 88). In 85 it does, and the search
+    halves on, below the rule's rate: 0.05 misses within 92 (fewer than 85 / 0.9), and seed 1
+    checks the doubling from 0.05 to 0.1; in 95 it does not, and seed 1 checks the doubling from
+    0.1 to 0.2."""
     from batchlab.measure.lr_search import tune_lr
 
-    outcome = {(0.2, 0): 80, (0.4, 0): 75, (0.1, 0): seed0_at_low, (0.1, 1): seed0_at_low, (0.2, 1): 80}
+    outcome = {
+        (0.2, 0): 80,
+        (0.4, 0): 75,
+        (0.1, 0): seed0_at_low,
+        (0.05, 0): 999,
+        (0.1, 1): seed0_at_low,
+        (0.05, 1): 999,
+        (0.2, 1): 80,
+    }
     runs = FakeRuns(outcome)
-    lr, _ = tune_lr(runs, 64, 0.1, 160, confirm=True)
+    tuned = tune_lr(runs, 64, 0.1, 160, confirm=True)
     tried = runs.tried
-    assert lr == expected_lr
+    assert tuned.lr == expected_lr
     if expected_lr == 0.1:
-        assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.1, 0, 88), (0.1, 1, 160)]
+        assert tried == [
+            (0.2, 0, 160),
+            (0.4, 0, 72),
+            (0.1, 0, 88),
+            (0.05, 0, 92),
+            (0.1, 1, 160),
+            (0.05, 1, 92),
+        ]
+        assert tuned.stopped_because == "0.2 did not save 10% of the steps, and the doubling from 0.05 did"
     else:
         assert tried == [(0.2, 0, 160), (0.4, 0, 72), (0.1, 0, 88), (0.2, 1, 160), (0.1, 1, 88)]
 
@@ -354,29 +394,149 @@ def test_after_a_halving_the_search_tries_the_rate_halfway_to_the_one_that_diver
 
     outcome = {(0.4, 0): None, (0.2, 0): 100, (0.2828, 0): between, (0.2, 1): 100, (0.2828, 1): 80}
     runs = FakeRuns(outcome)
-    lr, _ = tune_lr(runs, 64, 0.2, 160, confirm=True)
+    lr = tune_lr(runs, 64, 0.2, 160, confirm=True).lr
     tried = runs.tried
     assert lr == pytest.approx(expected_lr, abs=1e-4)
     assert tried == [(0.4, 0, 160), (0.2, 0, 160), (0.2828, 0, 88), *expected_tail]
+
+
+def test_the_search_doubles_past_4x_for_as_long_as_a_doubling_pays() -> None:
+    """From twice the rule's rate (0.2, 200 steps) every doubling saves 10% of the steps on seed 0 up
+    to 1.6 (150, 110, 90 steps), each run capped at 90% of the last one's steps on the evaluation
+    grid, so each costs less than the one before (176, 128, 96, 80); 3.2 misses within 80 and ends
+    the climb. Seed 1 reaches the target at 1.6, and 0.8 cannot beat it there by 10% (it misses
+    within 104, fewer than 95 / 0.9): the answer is 16x the rule's rate, where a search bounded at
+    4x stopped at 0.4."""
+    outcome = {
+        (0.2, 0): 200,
+        (0.4, 0): 150,
+        (0.8, 0): 110,
+        (1.6, 0): 90,
+        (3.2, 0): 85,
+        (1.6, 1): 95,
+        (0.8, 1): 120,
+    }
+    runs = FakeRuns(outcome)
+    tuned = tune_lr(runs, 64, 0.1, 400, confirm=True)
+    assert tuned.lr == pytest.approx(1.6)
+    assert runs.tried == [
+        (0.2, 0, 400),
+        (0.4, 0, 176),
+        (0.8, 0, 128),
+        (1.6, 0, 96),
+        (3.2, 0, 80),
+        (1.6, 1, 400),
+        (0.8, 1, 104),
+    ]
+    assert tuned.stopped_because == "3.2 did not reach the target in 10% fewer steps"
+    assert [m.lr for m in tuned.checks] == [lr for lr, _, _ in runs.tried]
+
+
+@pytest.mark.parametrize(
+    ("seed1_halfway", "expected_lr", "expected_tail", "why"),
+    [
+        (
+            75,
+            0.5657,
+            [(0.5657, 1, 160), (0.4, 1, 80)],
+            "0.8 diverged, and the rate halfway to it saved 10% of the steps",
+        ),
+        (None, 0.4, [(0.5657, 1, 160), (0.4, 1, 160)], "0.566 missed the target on another seed"),
+    ],
+)
+def test_a_climb_that_meets_divergence_backs_off_to_the_edge(
+    seed1_halfway: int | None, expected_lr: float, expected_tail: list, why: str
+) -> None:
+    """0.2 (100 steps) doubles to 0.4 (80, within 88); 0.8 diverges. The stability edge lies between:
+    0.4 x sqrt 2 is tried within 72 steps (90% of 80) and takes 70, so it is kept. On seed 1 it
+    reaches the target in 75, and 0.4 cannot beat that by 10% (it misses within 80): the answer is
+    the halfway rate. Where seed 1 diverges there, the search backs off to 0.4, which reaches the
+    target on seed 1 (85) within the whole limit."""
+    outcome = {(0.2, 0): 100, (0.4, 0): 80, (0.8, 0): None, (0.5657, 0): 70, (0.5657, 1): seed1_halfway}
+    outcome[(0.4, 1)] = 90 if seed1_halfway is not None else 85
+    runs = FakeRuns(outcome)
+    tuned = tune_lr(runs, 64, 0.1, 160, confirm=True)
+    assert tuned.lr == pytest.approx(expected_lr, abs=1e-4)
+    assert runs.tried == [(0.2, 0, 160), (0.4, 0, 88), (0.8, 0, 72), (0.5657, 0, 72), *expected_tail]
+    assert tuned.stopped_because == why
+
+
+def test_a_search_whose_every_doubling_pays_stops_at_its_bound_and_says_so() -> None:
+    """Each doubling from 0.001 takes 80% of the steps (on both seeds, the critical study's
+    unconfirmed search): it climbs LR_MAX_DOUBLINGS times, to 1.024, and stops there, naming it."""
+    from batchlab.measure.lr_search import LR_MAX_DOUBLINGS
+
+    outcome = {(round(0.001 * 2**k, 4), seed): int(1000 * 0.8**k) for k in range(12) for seed in (0, 1)}
+    runs = FakeRuns(outcome)
+    tuned = tune_lr(runs, 64, 0.001, 2000)
+    assert tuned.lr == pytest.approx(0.001 * 2**LR_MAX_DOUBLINGS)
+    assert len(runs.tried) == 2 * (LR_MAX_DOUBLINGS + 1)
+    assert tuned.stopped_because == f"it had moved {2**LR_MAX_DOUBLINGS}x, its bound"
+
+
+@pytest.mark.parametrize(
+    ("rule", "start", "lr", "why", "line"),
+    [
+        (
+            LrRule.SQRT,
+            0.1,
+            1.6,
+            "3.2 did not reach the target in 10% fewer steps",
+            "Learning rate 1.6: 16x the rule's rate (0.1). Trained to the target at batch 512, a rate is "
+            "kept only where it saves 10% of the steps; the search stopped because 3.2 did not reach "
+            "the target in 10% fewer steps.",
+        ),
+        (
+            LrRule.NONE,
+            0.05,
+            0.05,
+            "0.1 diverged",
+            "Learning rate 0.05: kept the reference rate (0.05). Trained to the target at batch 512, a "
+            "rate is kept only where it saves 10% of the steps; the search stopped because 0.1 diverged.",
+        ),
+        (LrRule.NONE, 0.05, 0.05, None, "Learning rate 0.05: the reference rate, not searched."),
+    ],
+)
+def test_the_rationale_says_how_far_the_search_moved_the_rate_and_why_it_stopped(
+    rule: LrRule, start: float, lr: float, why: str | None, line: str
+) -> None:
+    from batchlab.advise.rationale import search_line
+
+    assert search_line(512, rule, start, lr, why) == line
 
 
 def test_at_the_reference_batch_the_search_starts_from_the_reference_run() -> None:
     """The reference run (lr 0.1, seed 0, 100 steps) is not trained again. Doubling it must reach
     the target within 90 steps (it takes 95: no); then halving goes on while the lower rate reaches
     it in fewer than steps / 0.9: 0.05 in 85 (< 111.1), 0.025 in 80 (< 94.4), as far as two
-    halvings go (each cap on the evaluation grid: 88, 108, 92); seed 1 confirms 0.025 within the
-    whole limit."""
+    0.0125 in 999 does not (each cap on the evaluation grid: 88, 108, 92, 88); seed 1 confirms
+    0.025 within the whole limit, and 0.0125 misses there too within fewer than 82 / 0.9 (88)."""
     from batchlab.measure.lr_search import Measured, tune_lr
 
     reference = Measured(
         batch_size=64, lr=0.1, reached_target=True, steps_to_target=100, seconds_to_target=1.0, diverged=False
     )
-    outcome = {(0.2, 0): 95, (0.05, 0): 85, (0.025, 0): 80, (0.025, 1): 82}
+    outcome = {
+        (0.2, 0): 95,
+        (0.05, 0): 85,
+        (0.025, 0): 80,
+        (0.0125, 0): 999,
+        (0.025, 1): 82,
+        (0.0125, 1): 999,
+    }
     runs = FakeRuns(outcome)
-    lr, checks = tune_lr(runs, 64, 0.1, 160, confirm=True, first=reference)
+    tuned = tune_lr(runs, 64, 0.1, 160, confirm=True, first=reference)
+    lr, checks = tuned.lr, tuned.checks
     tried = runs.tried
     assert lr == 0.025
-    assert tried == [(0.2, 0, 88), (0.05, 0, 108), (0.025, 0, 92), (0.025, 1, 160)]
+    assert tried == [
+        (0.2, 0, 88),
+        (0.05, 0, 108),
+        (0.025, 0, 92),
+        (0.0125, 0, 88),
+        (0.025, 1, 160),
+        (0.0125, 1, 88),
+    ]
     assert checks[0] is reference
 
 
@@ -410,7 +570,7 @@ def test_at_the_reference_batch_a_rate_that_misses_on_a_seed_is_not_advice() -> 
     outcome = {(0.1, 0): 95, (0.025, 0): 85, (0.0125, 0): 100, (0.025, 1): None, (0.0125, 1): 300}
     runs = FakeRuns(outcome)
     limitations: list[str] = []
-    lr, checks = tune_reference_rate(workload, best, reference, runs, Budget(None), limitations, print)
+    lr, checks, _ = tune_reference_rate(workload, best, reference, runs, Budget(None), limitations, print)
     tried = runs.tried
     assert lr == 0.05
     assert tried == [(0.1, 0, 88), (0.025, 0, 108), (0.0125, 0, 92), (0.025, 1, 200), (0.0125, 1, 200)]
@@ -441,7 +601,7 @@ def test_a_rate_tuned_at_the_reference_batch_is_compared_with_the_reference_on_t
         (0.05, 1): 140,
     }
     runs = FakeRuns(outcome)
-    lr, checks = tune_reference_rate(workload, best, reference, runs, Budget(None), [], print)
+    lr, checks, _ = tune_reference_rate(workload, best, reference, runs, Budget(None), [], print)
     tried = runs.tried
     assert lr == 0.025
     assert tried == [
@@ -495,6 +655,72 @@ def test_the_advice_says_where_its_rate_came_from(rule: str, lr: float, words: s
 
     advice = {"lr_rule": rule, "lr": lr, "lr_from_rule": 0.02, "reference": {"lr": 0.05}}
     assert rate_source(advice) == words
+
+
+def _spread_profile(spread: float, repeats: int = 5) -> ThroughputProfile:
+    """Step times of 1 ms at 128, 256 and 512, each repeat between 1 - spread and 1 + spread ms."""
+    return ThroughputProfile(
+        workload="w",
+        device="cpu",
+        knee_batch_size=None,
+        knee_gain=0.1,
+        warmup_steps=0,
+        repeats=repeats,
+        points=tuple(
+            ThroughputPoint(
+                batch_size=b,
+                step_seconds=1e-3,
+                step_seconds_min=1e-3 * (1 - spread),
+                step_seconds_max=1e-3 * (1 + spread),
+                samples_per_second=b / 1e-3,
+                steps_per_repeat=1,
+            )
+            for b in (128, 256, 512)
+        ),
+    )
+
+
+def _at(b: int, seconds: float) -> Prediction:
+    return Prediction(
+        batch_size=b, lr=0.1, steps_to_target=seconds / 1e-3, step_seconds=1e-3, seconds_to_target=seconds
+    )
+
+
+def test_a_step_times_standard_error_comes_from_its_repeats_spread() -> None:
+    """Five repeats from 0.9 to 1.1 ms: sigma = 0.2 / d2(5) = 0.2 / 2.326 = 0.0860 ms, and the median
+    errs by 1.2533 x 0.0860 / sqrt(5) = 0.0482 ms, 4.82%. Between measured batches (192), the larger
+    of its neighbours'; one repeat has no spread to read."""
+    from batchlab.advise.model import step_time_stderr
+
+    assert step_time_stderr(_spread_profile(0.1), 256) == pytest.approx(0.04819, abs=1e-5)
+    assert step_time_stderr(_spread_profile(0.1), 192) == pytest.approx(0.04819, abs=1e-5)
+    assert step_time_stderr(_spread_profile(0.1, repeats=1), 256) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("spread", "at_128", "chosen", "flat"),
+    [
+        # 512 is fastest (0.92 s), 0.9643 s at its pessimistic end (+4.82%); 256 (0.95 s) and 128
+        # (1.00 s) are within that at their optimistic ends (0.9042, 0.9518 s): 128 is chosen.
+        (0.1, 1.00, 128, (128, 256, 512)),
+        # 128 at 1.02 s: 0.9708 s at best, past 0.9643: out, and 256 is the smallest left.
+        (0.1, 1.02, 256, (256, 512)),
+        # Timing without spread: the fastest alone, no flat optimum.
+        (0.0, 1.00, 512, ()),
+        # A spread of 60% puts all three within the noise, but no more than 10% slower than the
+        # fastest can be chosen (1.012 s): 128 at 1.05 s is out.
+        (0.6, 1.05, 256, (256, 512)),
+    ],
+)
+def test_a_flat_optimum_chooses_its_smallest_batch(
+    spread: float, at_128: float, chosen: int, flat: tuple[int, ...]
+) -> None:
+    from batchlab.advise.model import flat_choice
+
+    predictions = [_at(128, at_128), _at(256, 0.95), _at(512, 0.92)]
+    best, band = flat_choice(predictions, _spread_profile(spread))
+    assert best.batch_size == chosen
+    assert tuple(p.batch_size for p in band) == flat
 
 
 def test_with_a_memory_limit_the_advice_probes_up_to_what_it_could_choose() -> None:

@@ -4,14 +4,13 @@ target and its learning rate (the rule's, then a short search at that batch)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from batchlab.advise.budget import Budget
 from batchlab.advise.evidence import reference_on_seed_1
-from batchlab.advise.model import (
-    tuning_steps,
-)
+from batchlab.advise.model import flat_choice, tuning_steps
 from batchlab.advise.result import Prediction
 from batchlab.core import dist as _dist
 from batchlab.core.progress import Say
@@ -98,9 +97,25 @@ def ran_in_profile(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Point:
+    """The batch chosen and its rate: the rule's (`rule_lr`), then searched there; every tuning run,
+    and why the search stopped (None where no search ran)."""
+
+    best: Prediction | None
+    batch_size: int
+    lr: float
+    rule: LrRule
+    rule_lr: float
+    lr_checks: list[Measured]
+    lr_stopped_because: str | None
+    flat: tuple[Prediction, ...] = ()  # the flat optimum `best` was chosen from (see flat_choice)
+
+
 def choose_point(
     workload: Workload,
     predictions: list[Prediction],
+    throughput: ThroughputProfile,
     reference_prediction: Prediction | None,
     b_noise: float | None,
     runs: Runs,
@@ -108,17 +123,17 @@ def choose_point(
     limitations: list[str],
     say: Say,
     reference_run: Measured | None = None,
-) -> tuple[Prediction | None, int, float, LrRule, float, list[Measured]]:
-    """The predicted best batch under the cap and its rate: the rule's, then tuned there (at the
-    reference batch, from the reference run). Returns the prediction, the batch, the rate, the
-    rule, the rule's rate, and the tuning runs."""
-    best = min(predictions, key=lambda p: p.seconds_to_target) if predictions else None
+) -> Point:
+    """The predicted best batch under the cap (the smallest of a flat optimum) and its rate: the
+    rule's, then tuned there (at the reference batch, from the reference run)."""
+    best, flat = flat_choice(predictions, throughput) if predictions else (None, ())
     chosen_size = best.batch_size if best else workload.batch_size
     chosen_lr, rule = lr_for(workload, chosen_size, b_noise) if best else (workload.lr, LrRule.NONE)
     rule_lr = chosen_lr
     lr_checks: list[Measured] = []
+    why: str | None = None
     if best is not None and chosen_size != workload.batch_size:
-        chosen_lr, lr_checks = tune_lr(
+        tuned = tune_lr(
             runs,
             chosen_size,
             chosen_lr,
@@ -128,6 +143,7 @@ def choose_point(
             say=say,
             confirm=True,
         )
+        chosen_lr, lr_checks, why = tuned.lr, tuned.checks, tuned.stopped_because
         if lr_checks and not any(m.steps_to_target is not None for m in lr_checks):
             # Never seen to reach the target at this batch (a larger batch can settle above a tight
             # target): recommend only what was seen to work, the reference point.
@@ -136,13 +152,24 @@ def choose_point(
                 "predicted steps, nor in the time the reference takes, so the reference point "
                 f"(batch {workload.batch_size}) is kept"
             )
-            best = next((p for p in predictions if p.batch_size == workload.batch_size), None)
+            best, flat = next((p for p in predictions if p.batch_size == workload.batch_size), None), ()
             chosen_size, chosen_lr, rule = workload.batch_size, workload.lr, LrRule.NONE
-            rule_lr = chosen_lr
+            rule_lr, why = chosen_lr, None
     if best is not None and chosen_size == workload.batch_size and reference_run is not None:
-        chosen_lr, more = tune_reference_rate(workload, best, reference_run, runs, budget, limitations, say)
+        chosen_lr, more, why = tune_reference_rate(
+            workload, best, reference_run, runs, budget, limitations, say
+        )
         lr_checks += more
-    return best, chosen_size, chosen_lr, rule, rule_lr, lr_checks
+    return Point(
+        best=best,
+        batch_size=chosen_size,
+        lr=chosen_lr,
+        rule=rule,
+        rule_lr=rule_lr,
+        lr_checks=lr_checks,
+        lr_stopped_because=why,
+        flat=flat,
+    )
 
 
 def tune_reference_rate(
@@ -153,15 +180,16 @@ def tune_reference_rate(
     budget: Budget,
     limitations: list[str],
     say: Say,
-) -> tuple[float, list[Measured]]:
+) -> tuple[float, list[Measured], str | None]:
     """The advice stays at the reference batch: is the reference rate the best there? The search
     starts from the reference run (not trained again) and goes up or down: a user's own rate need
     not be the best at their own batch (docs/measurements.md#reference-rate). Each run may take twice the
-    reference's steps; a rate that did not reach the target on every seed is not advice."""
+    reference's steps; a rate that did not reach the target on every seed is not advice. Returns
+    the rate, the runs trained, and why the search stopped (None where none ran)."""
     if reference_run.steps_to_target is None:
-        return workload.lr, []
+        return workload.lr, [], None
     limit = tuning_steps(best, None)
-    lr, checks = tune_lr(
+    tuned = tune_lr(
         runs,
         workload.batch_size,
         workload.lr,
@@ -172,13 +200,14 @@ def tune_reference_rate(
         confirm=True,
         first=reference_run,
     )
+    lr, checks, why = tuned.lr, tuned.checks, tuned.stopped_because
     at_rate = [m for m in checks if math.isclose(m.lr, lr)]
     if lr != workload.lr and not all(m.steps_to_target is not None for m in at_rate):
         limitations.append(
             f"at batch {workload.batch_size} no rate but the reference's reached the target on every seed: "
             f"the reference rate {workload.lr:.3g} is kept"
         )
-        lr = workload.lr
+        lr, why = workload.lr, "no other rate reached the target on every seed"
     if (
         lr != workload.lr
         and budget.left() > 0
@@ -190,4 +219,4 @@ def tune_reference_rate(
         checks.append(reference_on_seed_1(workload, runs, limit))
     # The reference run is reported as the reference; where the search kept its rate, so is the
     # other seed's run there (the prediction stays the reference's own: speedup 1).
-    return lr, [m for m in checks[1:] if not (lr == workload.lr and math.isclose(m.lr, lr))]
+    return lr, [m for m in checks[1:] if not (lr == workload.lr and math.isclose(m.lr, lr))], why

@@ -18,6 +18,14 @@ from batchlab.workload import Workload
 LR_CHECK_STEPS = 50  # the least a tuning run may take
 
 
+# The expected range of n normal draws, in standard deviations (d2, as in control charts): the
+# repeats' fastest-to-slowest spread over d2(n) estimates one block's standard deviation.
+_D2 = {2: 1.128, 3: 1.693, 4: 2.059, 5: 2.326, 6: 2.534, 7: 2.704, 8: 2.847, 9: 2.970, 10: 3.078}
+# A flat optimum is at most this much slower than the fastest prediction, however noisy the timing:
+# the advice's own goal is to be within 10% of the best point's time.
+FLAT_AT_MOST = 1.10
+
+
 # The throughput profile stops where S_min steps at the last batch cost this many times the best
 # predicted time so far (one timed block's step time carries ~15% on a shared machine).
 STOP_MARGIN = 1.5
@@ -41,7 +49,7 @@ def predict(
 ) -> list[Prediction]:
     predictions = []
     for b in candidate_sizes(cap, workload.batch_size, _dist.world_size()):
-        step = throughput.step_seconds(b)
+        step = throughput.step_seconds(b, monotone=True)
         if step is None:
             continue
         steps = s_min * (1 + b_noise / b)
@@ -183,3 +191,44 @@ def tuning_steps(best: Prediction, reference: Prediction | None) -> int:
     if reference is not None:
         limit = min(limit, reference.seconds_to_target / best.step_seconds)
     return max(LR_CHECK_STEPS, math.ceil(limit))
+
+
+def step_time_stderr(throughput: ThroughputProfile, batch_size: int) -> float:
+    """The relative standard error of the median step time at `batch_size`: its repeats' spread is
+    (max - min) / d2(n) standard deviations, and a median of n blocks errs by about 1.25 sigma /
+    sqrt(n). Between measured batches, the larger of the two around it; 0 with one repeat."""
+    n = throughput.repeats
+    measured = [p for p in throughput.points if p.step_seconds and p.step_seconds_min and p.step_seconds_max]
+    if n < 2 or not measured:
+        return 0.0
+
+    def relative(p: ThroughputPoint) -> float:
+        assert p.step_seconds and p.step_seconds_min is not None and p.step_seconds_max is not None
+        sigma = (p.step_seconds_max - p.step_seconds_min) / _D2.get(n, 3.078)
+        return 1.2533 * sigma / math.sqrt(n) / p.step_seconds
+
+    below = [p for p in measured if p.batch_size <= batch_size][-1:]
+    above = [p for p in measured if p.batch_size >= batch_size][:1]
+    return max(relative(p) for p in below + above)
+
+
+def flat_choice(
+    predictions: list[Prediction], throughput: ThroughputProfile
+) -> tuple[Prediction, tuple[Prediction, ...]]:
+    """The batch to choose, and the flat optimum it was chosen from (empty where there is none).
+
+    The predictions whose time, at the optimistic end of its timing error, is no later than the
+    fastest's at its pessimistic end (and at most FLAT_AT_MOST of it) cannot be told apart from the
+    fastest by this timing: the argmin among them flips with the machine's noise from one run to the
+    next. Among them the smallest batch is chosen: it needs the fewest examples to the target (S_min
+    (B + B_noise) grows with B) and the least memory, and it is the choice a rerun keeps."""
+    fastest = min(predictions, key=lambda p: p.seconds_to_target)
+    slowest_fastest = fastest.seconds_to_target * (1 + step_time_stderr(throughput, fastest.batch_size))
+    band = tuple(
+        p
+        for p in predictions
+        if p.seconds_to_target <= FLAT_AT_MOST * fastest.seconds_to_target
+        and p.seconds_to_target * (1 - step_time_stderr(throughput, p.batch_size)) <= slowest_fastest
+    )
+    chosen = min(band, key=lambda p: p.batch_size)
+    return chosen, () if chosen is fastest else band

@@ -113,6 +113,8 @@ class _Choice:
     rule: LrRule
     rule_lr: float
     lr_checks: list[Measured]
+    lr_stopped_because: str | None
+    flat: tuple[Prediction, ...]
     timing: ThroughputProfile | None
     measured: list[Measured]
     measured_speedup: float | None
@@ -244,9 +246,10 @@ def _choose(
 ) -> _Choice:
     """The point and its rate; then what its speedup rests on, and with `validate` the advice trained."""
     runs = RecordedRuns(workload, config.device)  # the tuning runs and the extra seeds
-    best, size, lr, rule, rule_lr, lr_checks = choose_point(
+    point = choose_point(
         workload,
         found.predictions,
+        found.throughput,
         found.reference_prediction,
         found.b_noise,
         runs,
@@ -255,6 +258,7 @@ def _choose(
         say,
         reference_run=measured_run(found.reference_run, workload.batch_size),
     )
+    best, size, lr, lr_checks = point.best, point.batch_size, point.lr, point.lr_checks
     timing = None
     if best is not None and budget.left() > 0:
         timing, more = speedup_evidence(
@@ -280,9 +284,11 @@ def _choose(
         best=best,
         batch_size=size,
         lr=lr,
-        rule=rule,
-        rule_lr=rule_lr,
+        rule=point.rule,
+        rule_lr=point.rule_lr,
         lr_checks=lr_checks,
+        lr_stopped_because=point.lr_stopped_because,
+        flat=point.flat,
         timing=timing,
         measured=measured,
         measured_speedup=measured_speedup,
@@ -318,8 +324,9 @@ def _advice(
         throughput,
         forecast,
         choice.rule,
-        choice.lr / choice.rule_lr,
+        (choice.rule_lr, choice.lr, choice.lr_stopped_because),
         probed_no_further=found.probed_no_further,
+        flat=choice.flat,
     )
     return Advice(
         workload=workload.name,
@@ -329,6 +336,7 @@ def _advice(
         lr=choice.lr,
         lr_rule=choice.rule.value,
         lr_from_rule=choice.rule_lr,
+        lr_stopped_because=choice.lr_stopped_because,
         predicted_steps_to_target=forecast.steps,
         predicted_seconds_to_target=forecast.seconds,
         predicted_speedup=forecast.speedup,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from batchlab.advise.model import Forecast
 from batchlab.advise.result import Prediction
 from batchlab.lr import LrRule
@@ -53,9 +55,10 @@ def rationale_lines(
     throughput: ThroughputProfile,
     forecast: Forecast,
     rule: LrRule,
-    tuned: float = 1.0,
+    search: tuple[float, float, str | None] | None = None,
     *,
     probed_no_further: bool = False,
+    flat: tuple[Prediction, ...] = (),
 ) -> list[str]:
     if best is None or b_noise is None:
         return [
@@ -91,11 +94,14 @@ def rationale_lines(
             f"Throughput stops paying past batch {throughput.knee_batch_size} (doubling adds under "
             f"{throughput.knee_gain:.0%} samples/s)."
         )
-    lines.append(
-        f"The model predicts the least time to target at batch {best.batch_size}: "
-        f"{best.steps_to_target:.0f} steps "
-        f"of {best.step_seconds * 1e3:.3g} ms = {best.seconds_to_target:.3g} s."
-    )
+    if flat:
+        lines.append(flat_line(best, flat))
+    else:
+        lines.append(
+            f"The model predicts the least time to target at batch {best.batch_size}: "
+            f"{best.steps_to_target:.0f} steps "
+            f"of {best.step_seconds * 1e3:.3g} ms = {best.seconds_to_target:.3g} s."
+        )
     lines += forecast_lines(workload, best, forecast)
     if rule is LrRule.NONE:  # the advice stays at the reference batch
         lines.append("Learning rate: the reference rate, searched from the reference run.")
@@ -108,15 +114,34 @@ def rationale_lines(
                 else "the square-root rule for an adaptive optimizer."
             )
         )
-    what = "the reference rate" if rule is LrRule.NONE else "the rule's rate"
-    if tuned > 1.0:
-        lines.append(
-            f"Trained to the target at batch {best.batch_size}, {tuned:g}x {what} was faster: "
-            "the reference rate was not the best one at the reference batch."
-        )
-    elif tuned < 1.0:
-        lines.append(
-            f"Trained to the target at batch {best.batch_size}, {tuned:g}x {what}: no higher rate saved "
-            "10% of its steps (a higher rate is kept only where it does)."
-        )
+    if search is not None:
+        lines.append(search_line(best.batch_size, rule, *search))
     return lines
+
+
+def search_line(batch_size: int, rule: LrRule, start: float, lr: float, stopped_because: str | None) -> str:
+    """How far the rate search moved the rate from where it started, and why it stopped there."""
+    what = "the reference rate" if rule is LrRule.NONE else "the rule's rate"
+    if stopped_because is None:
+        return f"Learning rate {lr:.3g}: {what}, not searched."
+    moved = lr / start
+    how = f"kept {what} ({start:.3g})" if math.isclose(moved, 1) else f"{moved:.3g}x {what} ({start:.3g})"
+    return (
+        f"Learning rate {lr:.3g}: {how}. Trained to the target at batch {batch_size}, a rate is kept only "
+        f"where it saves 10% of the steps; the search stopped because {stopped_because}."
+    )
+
+
+def flat_line(chosen: Prediction, flat: tuple[Prediction, ...]) -> str:
+    """A flat optimum, and why its smallest batch is the one chosen (see model.flat_choice)."""
+    fastest = min(flat, key=lambda p: p.seconds_to_target)
+    sizes = ", ".join(str(p.batch_size) for p in sorted(flat, key=lambda p: p.batch_size))
+    return (
+        f"The model predicts the least time to target at batch {fastest.batch_size} "
+        f"({fastest.seconds_to_target:.3g} s), but batches {sizes} are within this timing's noise of it "
+        f"(up to {max(p.seconds_to_target for p in flat) / fastest.seconds_to_target - 1:.0%} slower): "
+        f"the smallest, {chosen.batch_size}, is chosen, since it needs the fewest examples and the "
+        f"least memory, and the choice does not flip with the machine's noise. At batch "
+        f"{chosen.batch_size}: {chosen.steps_to_target:.0f} steps of {chosen.step_seconds * 1e3:.3g} ms = "
+        f"{chosen.seconds_to_target:.3g} s."
+    )

@@ -27,6 +27,7 @@ class Advice:
     lr: float
     lr_rule: str
     lr_from_rule: float  # the rule's rate, before the doubling search at the chosen batch
+    lr_stopped_because: str | None  # why that search stopped where it did (None: no search ran)
     # Steps at the chosen batch: measured by the tuning runs when they reached the target, else the
     # model's; seconds = steps x the profiled step time. The speedup is over the reference as run.
     predicted_steps_to_target: float | None

@@ -24,7 +24,10 @@ from batchlab.train.record import recorded_train
 from batchlab.workload import Workload
 
 LR_CHECK_HALVINGS = 4  # halvings from a rate that diverged, before the search gives up
-LR_DOUBLINGS = 2  # the rates tried span this many doublings
+# A bound on the climb either way from its first rate (2^10 = 1024x), never met in practice: each
+# doubling must pay, and a rate far enough up diverges. Past it the search says so.
+LR_MAX_DOUBLINGS = 10
+CONFIRMED_START = 2  # a confirmed search's first rate, over the rule's (see `search_lr`)
 TUNING_SEEDS = 2  # each candidate rate is trained on this many seeds; the slower decides
 LR_DOUBLING_GAIN = 0.9  # a doubling must save 10% of the steps: one seed's noise is not a gain
 
@@ -67,6 +70,16 @@ def measured_run(run: Any, batch_size: int) -> Measured:
     )
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """A tuned rate, every run trained for it, and why the search stopped there (a clause: "0.4
+    diverged")."""
+
+    lr: float
+    checks: list[Measured]
+    stopped_because: str
+
+
 def tune_lr(
     runs: Runs,
     batch_size: int,
@@ -78,10 +91,10 @@ def tune_lr(
     say: Say | None = None,
     confirm: bool = False,
     first: Measured | None = None,
-) -> tuple[float, list[Measured]]:
+) -> Tuned:
     """`search_lr` over `runs` at `batch_size`, each trained to the target (at most `limit` steps) on
     TUNING_SEEDS seeds, or on the first alone with `confirm` (the others then check the answer).
-    Returns the rate and every run trained (`first` included)."""
+    Its checks are every run trained, `first` included."""
     checks: list[Measured] = [] if first is None else [first]
     limitations = [] if limitations is None else limitations
     attempt = _Attempts(
@@ -93,7 +106,7 @@ def tune_lr(
         limitations=limitations,
         say=say or (lambda text: None),
     )
-    rate = search_lr(
+    rate, why = search_lr(
         attempt,
         lr=lr,
         limit=limit,
@@ -102,7 +115,7 @@ def tune_lr(
         first=first,
         limitations=limitations,
     )
-    return rate, checks
+    return Tuned(rate, checks, why)
 
 
 def search_lr(
@@ -114,23 +127,25 @@ def search_lr(
     confirm: bool = False,
     first: Measured | None = None,
     limitations: list[str],
-) -> float:
+) -> tuple[float, str]:
     """A doubling search on the learning rate at one batch. `attempt(rate, step_limit, seeds)`
     trains `rate` to the target (at most `step_limit` steps) on `seeds` (None: the search's own) and
     returns the slowest seed's run, or None when the budget ran out. Halve while it diverges; from
-    the first rate that trains, double while steps-to-target falls by LR_DOUBLING_GAIN.
+    the first rate that trains, double for as long as steps-to-target falls by LR_DOUBLING_GAIN: no
+    fixed multiple, since a published rate can be conservative by any factor for the user's data.
+    A doubling's run stops once it can no longer win, so each step up costs less than the one before.
 
     With `confirm`, the search compares rates on the first seed alone (the same data order and
     initial weights at every rate, so the comparison is paired), and the other seeds check only its
     last step up (`_confirm`): the rate recommended has still reached the target, and saved its last
     10%, on every seed. Where twice the answer diverged, the rate halfway between (x sqrt 2) is
-    tried too. It also starts in the middle of the range, `lr` x 2^(LR_DOUBLINGS // 2), and halves
-    from there only when its first doubling did not pay: the slowest run of a search up from `lr`,
-    the one at `lr` itself, is trained only where it may be the answer, and then only until it can
-    no longer be. `first`, a run at `lr` on seed 0 that reached the target (the advice's reference
-    run, when the advice stays at the reference batch), is not trained again: the search starts
-    from it, and goes up or down as far as LR_DOUBLINGS, since the user's own rate need not be the
-    best. What limited the answer is appended to `limitations`."""
+    tried too. It starts at `lr` x CONFIRMED_START and halves from there only when its first
+    doubling did not pay, for as long as halving pays: the slowest run of a search up from `lr`, the
+    one at `lr` itself, is trained only where it may be the answer, and then only until it can no
+    longer be. `first`, a run at `lr` on seed 0 that reached the target (the advice's reference run,
+    when the advice stays at the reference batch), is not trained again: the search starts from it,
+    and goes up or down, since the user's own rate need not be the best. What limited the answer is
+    appended to `limitations`. Returns the rate and why the search stopped there."""
     tried: list[Measured] = [] if first is None else [first]
 
     def run(rate: float, step_limit: int, seeds: range | None = None) -> Measured | None:
@@ -139,31 +154,32 @@ def search_lr(
             tried.append(outcome)
         return outcome
 
+    above = 0  # halvings the start lies above `lr`
     if first is not None:
-        ups = downs = LR_DOUBLINGS
         current: Measured | None = first
     else:
-        downs = LR_DOUBLINGS // 2 if confirm else 0
-        ups = LR_DOUBLINGS - downs
-        lr *= 2**downs
+        above = int(math.log2(CONFIRMED_START)) if confirm else 0
+        lr *= 2**above
         current = run(lr, limit)
-    for _ in range(LR_CHECK_HALVINGS + downs):
+    for _ in range(LR_CHECK_HALVINGS + above):
         if current is None or not current.diverged:
             break
         lr /= 2
         current = run(lr, limit)
-    if current is None or current.diverged:
-        if current is not None:
-            limitations.append(f"training diverged at batch {batch_size} even at lr {lr:.3g}")
-        return lr
+    if current is None:
+        return lr, "the budget ran out"
+    if current.diverged:
+        limitations.append(f"training diverged at batch {batch_size} even at lr {lr:.3g}")
+        return lr, f"training diverged at every rate down to {lr:.3g}"
     # After a halving the doubled rate is the one that just diverged on the same seed, within at
     # least the steps a doubling may take: trained again it can only lose, so it is not.
-    halved = any(m.diverged for m in tried)
-    trained = [lr]  # the rates the search kept, rising: the last is the answer
-    if not halved:
-        trained, current = _climb(trained, current, run, ups=ups, downs=downs, limit=limit)
+    if any(m.diverged for m in tried):
+        trained, why = [lr], f"{2 * lr:.3g} diverged"
+    else:
+        halve = confirm or first is not None
+        trained, current, why = _climb(lr, current, run, halve=halve, limit=limit)
     if not confirm or current.steps_to_target is None:
-        return trained[-1]
+        return trained[-1], why
     lr = trained[-1]
     if any(m.diverged and math.isclose(m.lr, 2 * lr) for m in tried):
         # Twice the answer diverged: the stability edge, where SGD's best rate usually sits, lies
@@ -172,7 +188,11 @@ def search_lr(
         between = run(lr * math.sqrt(2), cap) if cap >= 1 else None
         if between is not None and not between.diverged and between.steps_to_target is not None:
             trained.append(lr * math.sqrt(2))
-    return _confirm(trained, run, limit, batch_size, limitations)
+            why = f"{2 * lr:.3g} diverged, and the rate halfway to it saved 10% of the steps"
+        elif between is not None:
+            why = f"{2 * lr:.3g} diverged, and the rate halfway to it did not save 10% of the steps"
+    rate, backed_off = _confirm(trained, run, limit, batch_size, limitations)
+    return rate, backed_off or why
 
 
 @dataclass
@@ -223,51 +243,58 @@ def _fewer_than(steps: float) -> int:
 
 
 def _climb(
-    trained: list[float],
+    lr: float,
     current: Measured,
     attempt: Callable[[float, int], Measured | None],
     *,
-    ups: int,
-    downs: int,
+    halve: bool,
     limit: int,
-) -> tuple[list[float], Measured]:
-    """From the rate that trained (`trained[-1]`, `current` its run): double up to `ups` times while
-    a doubling saves LR_DOUBLING_GAIN of the steps; when the first did not, halve up to `downs` times
-    while halving costs less than that. Each run stops where it can no longer win. Returns the rates
-    kept (rising; the rate below the answer's doubling first, where one paid) and the answer's run."""
-    lr = trained[-1]
-    for _ in range(ups):
+) -> tuple[list[float], Measured, str]:
+    """From `lr`, which trained (`current` its run): double while a doubling saves LR_DOUBLING_GAIN
+    of the steps; when the first did not and `halve`, halve while halving costs less than that.
+    Each run stops where it can no longer win. Returns the rates kept (rising; the rate below the
+    answer's doubling first, where one paid), the answer's run, and why the search stopped."""
+    trained = [lr]
+    why = f"it had moved {2**LR_MAX_DOUBLINGS}x, its bound"
+    for _ in range(LR_MAX_DOUBLINGS):
         # A doubling is kept only if it saves LR_DOUBLING_GAIN of the steps: a run still short of
         # the target by then can no longer win, so it stops there.
         can_win = limit if current.steps_to_target is None else _at_most(LR_DOUBLING_GAIN * _steps(current))
         if can_win < 1:
+            why = f"{lr:.3g} reached the target in too few steps for 10% fewer to be measured"
             break
         bigger = attempt(2 * lr, can_win)
+        if bigger is None:
+            why = "the budget ran out"
+            break
+        if bigger.diverged:
+            why = f"{2 * lr:.3g} diverged"
+            break
         # Kept only when it reaches the target, in clearly fewer steps (two runs that both miss the
         # target compare as inf > 0.9 inf, which is false: that must not count as a gain).
-        if (
-            bigger is None
-            or bigger.diverged
-            or bigger.steps_to_target is None
-            or _steps(bigger) > LR_DOUBLING_GAIN * _steps(current)
-        ):
+        if bigger.steps_to_target is None or _steps(bigger) > LR_DOUBLING_GAIN * _steps(current):
+            why = f"{2 * lr:.3g} did not reach the target in 10% fewer steps"
             break
         lr, current = 2 * lr, bigger
         trained.append(lr)
-    if len(trained) > 1 or current.steps_to_target is None:
-        return trained, current
-    for _ in range(downs):
+    if len(trained) > 1 or current.steps_to_target is None or not halve:
+        return trained, current, why
+    for _ in range(LR_MAX_DOUBLINGS):
         # Half the rate takes over if it reaches the target in fewer than steps / LR_DOUBLING_GAIN:
         # past that, the doubling from it to this rate paid.
-        cap = _fewer_than(_steps(current) / LR_DOUBLING_GAIN)
-        smaller = attempt(lr / 2, cap) if cap >= 1 else None
-        if smaller is None or smaller.diverged:
+        smaller = attempt(lr / 2, _fewer_than(_steps(current) / LR_DOUBLING_GAIN))
+        if smaller is None:
+            why = "the budget ran out"
+            break
+        if smaller.diverged:
             break
         if smaller.steps_to_target is None:
             trained.insert(0, lr / 2)
+            why = f"{2 * lr:.3g} did not save 10% of the steps, and the doubling from {lr / 2:.3g} did"
             break
         lr, current, trained = lr / 2, smaller, [lr / 2]
-    return trained, current
+        why = f"it had moved {2**LR_MAX_DOUBLINGS}x down, its bound"
+    return trained, current, why
 
 
 def _confirm(
@@ -276,12 +303,13 @@ def _confirm(
     limit: int,
     batch_size: int,
     limitations: list[str],
-) -> float:
+) -> tuple[float, str | None]:
     """The other seeds at the rates a one-seed search kept (`trained`, rising): the answer must
     reach the target on them (within `limit`; a seed that misses backs off a step, and another),
     and its last step up must pay on them too, so they then train at the rate below it only until
     it can no longer be slower by LR_DOUBLING_GAIN. The rate returned has reached the target on every
-    seed, and its last step up saved 10% of the steps on every seed."""
+    seed, and its last step up saved 10% of the steps on every seed; with why, where the other seeds
+    moved it (None where they kept the first seed's answer)."""
     others = range(1, TUNING_SEEDS)
 
     def reached(m: Measured | None) -> bool:
@@ -293,18 +321,24 @@ def _confirm(
         j -= 1
         top = attempt(trained[j], limit, others)
     if top is None:  # the budget ran out: what the first seed found stands
-        return trained[-1]
+        return trained[-1], None
     if not reached(top):
         limitations.append(
             f"at batch {batch_size} the rates tried reached the target on the first seed only, "
             f"not on all {TUNING_SEEDS} within {limit} steps"
         )
-        return trained[0]
-    if j < len(trained) - 1 or j == 0:  # backed off, or no doubling to check
-        return trained[j]
+        return trained[0], f"no rate tried reached the target on all {TUNING_SEEDS} seeds"
+    if j < len(trained) - 1:
+        return trained[j], f"{trained[j + 1]:.3g} missed the target on another seed"
+    if j == 0:  # no doubling to check
+        return trained[j], None
     cap = _fewer_than(_steps(top) / LR_DOUBLING_GAIN)
     below = attempt(trained[j - 1], cap, others) if cap >= 1 else None
-    return trained[j - 1] if reached(below) else trained[j]
+    if reached(below):
+        return trained[
+            j - 1
+        ], f"on another seed the step up to {trained[j]:.3g} did not save 10% of the steps"
+    return trained[j], None
 
 
 @dataclass(frozen=True)

@@ -82,12 +82,18 @@ class ThroughputProfile:
         """The largest batch that ran whole steps here (None: none did)."""
         return max((p.batch_size for p in self.points if p.step_seconds is not None), default=None)
 
-    def step_seconds(self, batch_size: int) -> float | None:
+    def step_seconds(self, batch_size: int, *, monotone: bool = False) -> float | None:
         """Step time at any batch size, interpolated linearly between measured points (a step's
-        cost is close to t0 + c B), extrapolated along the last segment beyond them."""
+        cost is close to t0 + c B), extrapolated along the last segment beyond them. `monotone`:
+        from the measured medians made non-decreasing in B first (a larger batch does at least the
+        work of a smaller one, so a dip is the machine's noise, pooled with its neighbours)."""
         measured = [(p.batch_size, p.step_seconds) for p in self.points if p.step_seconds is not None]
         if not measured:
             return None
+        if monotone:
+            measured = list(
+                zip([b for b, _ in measured], nondecreasing([s for _, s in measured]), strict=True)
+            )
         for b, s in measured:
             if b == batch_size:
                 return s
@@ -103,6 +109,22 @@ class ThroughputProfile:
             else (measured[0], measured[1])
         )
         return max(s0 + (s1 - s0) * (batch_size - b0) / (b1 - b0), 1e-9)
+
+
+def nondecreasing(values: list[float]) -> list[float]:
+    """The least-squares non-decreasing fit to `values` (pool adjacent violators): each run of values
+    that falls is replaced by its mean.
+
+    >>> nondecreasing([1.0, 3.0, 2.0, 4.0])
+    [1.0, 2.5, 2.5, 4.0]
+    """
+    blocks: list[tuple[float, int]] = []  # (sum, count) of each pooled run
+    for value in values:
+        blocks.append((value, 1))
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            (total, count), (more, n) = blocks[-2], blocks[-1]
+            blocks[-2:] = [(total + more, count + n)]
+    return [total / count for total, count in blocks for _ in range(count)]
 
 
 def default_batch_sizes(cap: int) -> list[int]:

@@ -209,8 +209,8 @@ def reference_rate(
 ) -> tuple[float, dict[str, Any]]:
     """The rate the study runs batch `b` at: `lr` when given; else the workload's rate scaled to `b`
     by the optimizer's rule and, with `tune`, doubled while that reaches the target in clearly fewer
-    updates (advise's `tune_lr`: two seeds, the slower decides, 10% fewer updates a doubling, two
-    doublings at most; halved while it diverges). Why tune: a branch at k B runs at a larger rate
+    updates (advise's `tune_lr`: two seeds, the slower decides, 10% fewer updates a doubling, as many
+    doublings as pay; halved while it diverges). Why tune: a branch at k B runs at a larger rate
     than the k = 1 branch, so when the reference rate is below the best one, the larger rate alone
     makes the larger batch look good and inflates the critical batch; and a ramp compared with a
     constant batch at too low a rate wins by its rate (docs/measurements.md#reference-rate)."""
@@ -228,12 +228,13 @@ def reference_rate(
     say(f"the rate at batch {b}: doubling search from {start:.3g}")
     limitations: list[str] = []
     runs = RecordedRuns(workload, device, store, kind="study")
-    tuned, checks = tune_lr(runs, b, start, _target_limit(workload, b), limitations=limitations, say=say)
-    return tuned, {
-        "lr": tuned,
+    tuned = tune_lr(runs, b, start, _target_limit(workload, b), limitations=limitations, say=say)
+    return tuned.lr, {
+        "lr": tuned.lr,
         "source": "tuned",
         "start": start,
-        "checks": [dataclasses.asdict(m) for m in checks],
+        "stopped_because": tuned.stopped_because,
+        "checks": [dataclasses.asdict(m) for m in tuned.checks],
         "limitations": limitations,
     }
 
