@@ -176,9 +176,9 @@ def write_table(figures: dict, rows_by_name: dict[str, str]) -> None:
         "Reference: the workload's own batch and learning rate. Measured speedup: the reference's median",
         "time over the advice's, timed side by side; in brackets its 90% interval, resampling the seeds.",
         "Predicted speedup: in brackets, the same at its seeds' extremes (the slowest reference seed over",
-        "the fastest advice seed, and the other way round), where a point has two. Cost: the advice's",
-        f"seconds over what it may spend ({REFERENCE_RUNS} reference runs + {EXTRA_SECONDS:.0f} s, the",
-        "reference's median time here), and over the oracle sweep's.",
+        "the fastest advice seed, and the other way round), where a point has two.",
+        f"Cost: the advice's seconds, what it may spend ({REFERENCE_RUNS} reference runs + "
+        f"{EXTRA_SECONDS:.0f} s, at the reference's median time here), and the oracle sweep's.",
         "",
         "| workload | advice | oracle best | reference | largest that fits, the rule "
         f"| advice/oracle (goal <= {GOAL_RATIO:.2f}) | cost: advice / allowed (goal <= 1) / oracle "
@@ -299,6 +299,11 @@ def row(name: str, runs: list[dict], oracle_cost: float) -> str:
     )
 
 
+def _slim(advice: dict) -> dict:
+    keys = ("batch_size", "lr", "lr_stopped_because", "b_noise", "predictions", "rationale", "limitations")
+    return {k: advice[k] for k in keys}
+
+
 def main() -> None:
     flags = {"--advice-only"}
     args = sys.argv[1:]
@@ -349,7 +354,11 @@ def main() -> None:
             "oracle_seeds": ORACLE_SEEDS,
             "oracle_multipliers": list(multipliers),
             "curve_version": CURVE_VERSION,  # what steps-to-target meant when the oracle ran
-            "runs": [{k: v for k, v in run.items() if k != "advice"} for run in runs],
+            # Each run's choice and its reasons (the whole advice is kept for the last run only).
+            "runs": [
+                {k: v for k, v in run.items() if k != "advice"} | {"advice": _slim(run["advice"])}
+                for run in runs
+            ],
         }
         rows_by_name[name] = row(name, runs, oracle_cost)
         write_table(figures, rows_by_name)  # after every row: a long run keeps what it measured

@@ -23,7 +23,7 @@ from batchlab.lr import optimizer_rule, rate_for, scale_lr
 from batchlab.measure.branches import BRANCH_EVALS, SMOOTHING, critical_from_branches
 from batchlab.schedule import BatchSchedule
 from batchlab.studies.run import run_study
-from batchlab.train.loop import train
+from batchlab.train.run import train
 from batchlab.workloads import linreg, load_workload
 
 from .helpers import assert_one_line_error, invoke, invoke_json

@@ -65,6 +65,28 @@ def test_step_seconds_interpolates_linearly() -> None:
     assert profile.step_seconds(40) == pytest.approx(0.040)
 
 
+def test_a_slow_spell_at_one_batch_does_not_spread_to_the_larger_ones() -> None:
+    """Step times 1, 10 (a slow spell), 1.2, 1.4 and 2 ms at batches 4 to 64: with `monotone`, batch 8
+    takes at most batch 16's 1.2 ms (a larger batch does at least its work, and noise only slows a
+    timing), the others stay as measured, and batch 12 interpolates between 8 and 16 on the
+    envelope. Without it, the spike stands."""
+    times = {4: 1e-3, 8: 10e-3, 16: 1.2e-3, 32: 1.4e-3, 64: 2e-3}
+    profile = ThroughputProfile(
+        workload="w",
+        device="cpu",
+        points=tuple(_points([(b, b / t) for b, t in times.items()])),
+        knee_batch_size=None,
+        knee_gain=0.1,
+        warmup_steps=0,
+        repeats=1,
+    )
+    assert [profile.step_seconds(b, monotone=True) for b in times] == pytest.approx(
+        [1e-3, 1.2e-3, 1.2e-3, 1.4e-3, 2e-3]
+    )
+    assert profile.step_seconds(12, monotone=True) == pytest.approx(1.2e-3)
+    assert profile.step_seconds(8) == pytest.approx(10e-3)
+
+
 def test_default_batch_sizes() -> None:
     assert default_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
     assert default_batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64]

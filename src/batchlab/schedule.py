@@ -243,6 +243,30 @@ class BatchSchedule:
     def largest_batch_size(self) -> int:
         return max(p.batch_size for p in self.phases)
 
+    def examples_in(self, steps: int, dataset_size: int) -> int:
+        """The examples the first `steps` steps take."""
+        if len(self.phases) == 1:
+            return steps * self.initial_batch_size
+        total = 0
+        for sizes in self._epochs(dataset_size):
+            taken = sizes[:steps]
+            total, steps = total + sum(taken), steps - len(taken)
+            if steps <= 0:
+                break
+        return total
+
+    def steps_for(self, examples: int, dataset_size: int) -> int:
+        """The fewest steps (at least 1) that take `examples` examples or more."""
+        if len(self.phases) == 1:
+            return max(1, math.ceil(examples / self.initial_batch_size))
+        steps, total = 0, 0
+        for sizes in self._epochs(dataset_size):
+            for size in sizes:
+                if total >= examples:
+                    return max(1, steps)
+                steps, total = steps + 1, total + size
+        raise AssertionError("unreachable: the epochs never end")  # pragma: no cover
+
     def steps(self, epochs: float, dataset_size: int) -> int:
         """Parameter updates in `epochs` epochs (a fractional last epoch counts its share)."""
         total = 0.0

@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from batchlab.core.step import LossFn
-from batchlab.errors import bad
+from batchlab.errors import bad, check_int
+from batchlab.recipe import LrSchedule, check_clip
 
 OptimizerFactory = Callable[[Any, float], torch.optim.Optimizer]
 MetricsFn = Callable[[Any, Any], Mapping[str, float]]
@@ -76,6 +77,12 @@ class Workload:
     target: Target
     metrics: MetricsFn | None = None
     description: str = ""
+    # The recipe beyond the optimizer: the rate's warm-up and decay (`lr` is then the peak), in
+    # examples so that they carry across batch sizes, and a clip on the whole step's gradient norm.
+    schedule: LrSchedule | None = None
+    clip_grad_norm: float | None = None
+    # Tokens in one example (a language model's window): lengths may then be given in tokens.
+    tokens_per_example: int | None = None
     extras: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # How load_workload found it ("digits-mlp", "pkg.mod:fn"): lets a child process rebuild it.
     spec: str | None = field(default=None, repr=False, compare=False)
@@ -102,6 +109,11 @@ class Workload:
             raise bad("workload.target", self.target, "a batchlab.Target")
         if self.eval_data is None and self.target.metric.startswith("eval_"):
             raise bad("workload.target.metric", self.target.metric, "'train_loss' when eval_data is None")
+        if self.schedule is not None and not isinstance(self.schedule, LrSchedule):
+            raise bad("workload.schedule", self.schedule, "a batchlab.LrSchedule or None")
+        object.__setattr__(self, "clip_grad_norm", check_clip(self.clip_grad_norm))
+        if self.tokens_per_example is not None:
+            check_int("workload.tokens_per_example", self.tokens_per_example, fix="pass 1024, say")
 
     @property
     def train_size(self) -> int:
@@ -116,6 +128,9 @@ class Workload:
             "batch_size": self.batch_size,
             "lr": self.lr,
             "target": self.target.to_dict(),
+            "schedule": None if self.schedule is None else self.schedule.to_dict(),
+            "clip_grad_norm": self.clip_grad_norm,
+            "tokens_per_example": self.tokens_per_example,
         }
 
 

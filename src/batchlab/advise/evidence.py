@@ -11,8 +11,8 @@ from batchlab.advise.budget import EXTRA_SECONDS, REFERENCE_RUNS, Budget, allowe
 from batchlab.core.progress import Say
 from batchlab.measure.lr_search import Measured, Runs, measured_run
 from batchlab.measure.throughput import ThroughputProfile, profile_throughput
-from batchlab.train.loop import train
 from batchlab.train.result import TrainResult
+from batchlab.train.run import train
 from batchlab.workload import Workload
 
 SIDE_BY_SIDE_REPEATS = 5  # timed blocks at the chosen and the reference batch, for the speedup

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from batchlab.advise.budget import Budget
-from batchlab.advise.choice import cap_from_memory, choose_point
+from batchlab.advise.choice import Point, cap_from_memory, choose_point
 from batchlab.advise.emit import Emit, as_emit, with_trainer_settings
 from batchlab.advise.evidence import speedup_evidence, validate_advice
 from batchlab.advise.model import (
@@ -38,7 +38,7 @@ from batchlab.advise.model import (
     throughput_stop,
 )
 from batchlab.advise.ramp import ramp_offer
-from batchlab.advise.rationale import rationale_lines
+from batchlab.advise.rationale import clipping_limitation, rationale_lines, recipe_lines
 from batchlab.advise.reference import reference_noise
 from batchlab.advise.result import Advice, Prediction
 from batchlab.core import dist as _dist
@@ -105,16 +105,11 @@ class _Measurements:
 
 @dataclass(frozen=True, kw_only=True)
 class _Choice:
-    """The point chosen, its rate and how it was found, and the evidence for its speedup."""
+    """The point chosen, its rate and how it was found (its `lr_checks` with the runs the speedup's
+    evidence added), and the evidence for its speedup."""
 
-    best: Prediction | None
-    batch_size: int
-    lr: float
-    rule: LrRule
-    rule_lr: float
+    point: Point
     lr_checks: list[Measured]
-    lr_stopped_because: str | None
-    flat: tuple[Prediction, ...]
     timing: ThroughputProfile | None
     measured: list[Measured]
     measured_speedup: float | None
@@ -258,7 +253,8 @@ def _choose(
         say,
         reference_run=measured_run(found.reference_run, workload.batch_size),
     )
-    best, size, lr, lr_checks = point.best, point.batch_size, point.lr, point.lr_checks
+    best, size, lr = point.best, point.batch_size, point.lr
+    lr_checks = list(point.lr_checks)  # with the speedup evidence's runs added below
     timing = None
     if best is not None and budget.left() > 0:
         timing, more = speedup_evidence(
@@ -274,6 +270,25 @@ def _choose(
             say,
         )
         lr_checks += more
+        forecast = forecast_speedup(best, lr_checks, lr, found.reference_prediction, workload, timing)
+        if size != workload.batch_size and forecast.speedup is not None and forecast.speedup < 1:
+            # Its own evidence says the chosen point is slower than the user's: that is no advice.
+            limitations.append(
+                f"batch {size} at lr {lr:.3g} measured {1 / forecast.speedup:.2f}x slower than the "
+                f"reference ({forecast.steps:.0f} steps in its tuning runs, its step time timed beside "
+                "the reference's): the reference point is kept"
+            )
+            point = replace(
+                point,
+                best=found.reference_prediction,
+                batch_size=workload.batch_size,
+                lr=workload.lr,
+                rule=LrRule.NONE,
+                rule_lr=workload.lr,
+                lr_stopped_because=None,
+                flat=(),
+            )
+            best, size, lr, timing = point.best, point.batch_size, point.lr, None
     measured: list[Measured] = []
     measured_speedup = None
     if config.validate and best is not None:
@@ -281,14 +296,8 @@ def _choose(
             workload, size, lr, config.device, budget, limitations, say
         )
     return _Choice(
-        best=best,
-        batch_size=size,
-        lr=lr,
-        rule=point.rule,
-        rule_lr=point.rule_lr,
+        point=point,
         lr_checks=lr_checks,
-        lr_stopped_because=point.lr_stopped_because,
-        flat=point.flat,
         timing=timing,
         measured=measured,
         measured_speedup=measured_speedup,
@@ -299,9 +308,9 @@ def _advice(
     workload: Workload, found: _Measurements, choice: _Choice, budget: Budget, limitations: list[str]
 ) -> Advice:
     """The advice, with its forecast and the rationale in words."""
-    best, run = choice.best, found.reference_run
+    best, run = choice.point.best, found.reference_run
     forecast = forecast_speedup(
-        best, choice.lr_checks, choice.lr, found.reference_prediction, workload, choice.timing
+        best, choice.lr_checks, choice.point.lr, found.reference_prediction, workload, choice.timing
     )
     reference: dict[str, Any] = {
         "batch_size": workload.batch_size,
@@ -323,20 +332,23 @@ def _advice(
         memory,
         throughput,
         forecast,
-        choice.rule,
-        (choice.rule_lr, choice.lr, choice.lr_stopped_because),
+        choice.point.rule,
+        (choice.point.rule_lr, choice.point.lr, choice.point.lr_stopped_because),
         probed_no_further=found.probed_no_further,
-        flat=choice.flat,
-    )
+        flat=choice.point.flat,
+    ) + recipe_lines(workload, choice.point.batch_size, run.clipped_fraction)
+    clipped = clipping_limitation(run.clipped_fraction)
+    if clipped is not None:
+        limitations.append(clipped)
     return Advice(
         workload=workload.name,
         device=memory.device,
         target=workload.target.to_dict(),
-        batch_size=choice.batch_size,
-        lr=choice.lr,
-        lr_rule=choice.rule.value,
-        lr_from_rule=choice.rule_lr,
-        lr_stopped_because=choice.lr_stopped_because,
+        batch_size=choice.point.batch_size,
+        lr=choice.point.lr,
+        lr_rule=choice.point.rule.value,
+        lr_from_rule=choice.point.rule_lr,
+        lr_stopped_because=choice.point.lr_stopped_because,
         predicted_steps_to_target=forecast.steps,
         predicted_seconds_to_target=forecast.seconds,
         predicted_speedup=forecast.speedup,

@@ -9,6 +9,7 @@ from batchlab.advise.result import Prediction
 from batchlab.lr import LrRule
 from batchlab.measure.memory import MemoryProfile
 from batchlab.measure.throughput import ThroughputProfile
+from batchlab.recipe import Decay
 from batchlab.workload import Workload
 
 
@@ -144,4 +145,49 @@ def flat_line(chosen: Prediction, flat: tuple[Prediction, ...]) -> str:
         f"least memory, and the choice does not flip with the machine's noise. At batch "
         f"{chosen.batch_size}: {chosen.steps_to_target:.0f} steps of {chosen.step_seconds * 1e3:.3g} ms = "
         f"{chosen.seconds_to_target:.3g} s."
+    )
+
+
+# Past this share of clipped steps, a step's size is mostly the clip's, not the gradient's.
+MOSTLY_CLIPPED = 0.5
+
+
+def recipe_lines(workload: Workload, batch_size: int, clipped_fraction: float | None) -> list[str]:
+    """The workload's recipe as the advice ran it: the warm-up in examples (the same at every batch),
+    the decay (held in runs to the target unless the schedule states its horizon), the clip."""
+    lines = []
+    schedule = workload.schedule
+    if schedule is not None:
+        warmup = schedule.warmup(schedule.horizon_examples or 0)
+        if warmup:
+            lines.append(
+                f"Warm-up over {warmup} examples at every batch: {math.ceil(warmup / batch_size)} steps at "
+                f"batch {batch_size}, {math.ceil(warmup / workload.batch_size)} at the reference's "
+                f"{workload.batch_size}."
+            )
+        decay = Decay(schedule.decay).value
+        if decay != "constant" and schedule.horizon_examples is None:
+            lines.append(
+                f"The workload's {decay} decay needs a horizon, which a run to the target does not have: "
+                "the runs here held the peak after the warm-up (state horizon_examples to decay over it)."
+            )
+        elif decay != "constant":
+            horizon = schedule.horizon_examples
+            lines.append(f"The rate decays ({decay}) over {horizon} examples at every batch.")
+    if workload.clip_grad_norm is not None and clipped_fraction is not None:
+        lines.append(
+            f"Gradients clip at norm {workload.clip_grad_norm:g}: {clipped_fraction:.0%} of the reference "
+            "run's steps clipped."
+        )
+    return lines
+
+
+def clipping_limitation(clipped_fraction: float | None) -> str | None:
+    """One line where most steps clip: the rate rules then need not transfer."""
+    if clipped_fraction is None or clipped_fraction <= MOSTLY_CLIPPED:
+        return None
+    return (
+        f"{clipped_fraction:.0%} of the reference run's steps clipped: a clipped step's size is the clip's, "
+        "not the gradient's, so the learning-rate rules (which scale with the gradient's noise) may not "
+        "transfer; the tuned rate is measured, the rule's is not"
     )

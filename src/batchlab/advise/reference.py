@@ -12,8 +12,8 @@ from batchlab.advise.model import (
     point_and_window_disagree,
 )
 from batchlab.measure.noise import noise_at_parameters
-from batchlab.train.loop import train
 from batchlab.train.result import TrainResult
+from batchlab.train.run import train
 from batchlab.workload import Workload
 
 NOISE_MICRO_BATCHES = 4

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,8 +22,10 @@ from batchlab.core.progress import Steps
 from batchlab.core.store import Store
 from batchlab.errors import bad
 from batchlab.integrations import tensorboard as _tensorboard
+from batchlab.recipe import Decay, LrSchedule
 from batchlab.render.tables import render
 from batchlab.schedule import BatchSchedule
+from batchlab.workload import Workload
 
 WORKLOAD_HELP = "a built-in name (see `batchlab workloads`), package.module:function, or file.py:function"
 
@@ -51,6 +54,30 @@ TensorBoardOpt = Annotated[
 LimitOpt = Annotated[
     str | None, typer.Option("--memory-limit", help="e.g. 1.5GiB (default: what is available)")
 ]
+
+
+# The recipe beyond the workload's own (`with_recipe`).
+LrScheduleOpt = Annotated[
+    Decay | None,
+    typer.Option(
+        "--lr-schedule",
+        help="the rate after warm-up: constant, cosine, linear, wsd (default: the workload's)",
+    ),
+]
+WarmupExamplesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--warmup-examples",
+        metavar="INT",
+        parser=whole_number("--warmup-examples"),
+        help="linear warm-up over this many examples (with --lr-schedule)",
+    ),
+]
+FinalLrOpt = Annotated[
+    float | None,
+    typer.Option("--final-lr-fraction", help="where the decay ends, a fraction of the peak rate"),
+]
+ClipOpt = Annotated[float | None, typer.Option("--clip", help="clip each step's gradient norm to this")]
 
 
 def open_store(out: Path | None) -> Store | None:
@@ -167,3 +194,31 @@ def save(out: Path | None, kind: str, workload: str, data: dict[str, Any]) -> No
 def int_option(default: int | None, *flags: str, help: str | None = None) -> Any:
     """An integer option: a value that is not a whole number gets batchlab's one-line error."""
     return typer.Option(default, *flags, metavar="INT", help=help, parser=whole_number(flags[0]))
+
+
+def with_recipe(
+    workload: Workload,
+    decay: Decay | None,
+    warmup_examples: int | None,
+    final_fraction: float | None,
+    clip: float | None,
+) -> Workload:
+    """The workload with the recipe the options give: a schedule from --lr-schedule (its warm-up and
+    floor with it), a clip from --clip; what they leave out stays the workload's own."""
+    if decay is None:
+        for flag, value in (("--warmup-examples", warmup_examples), ("--final-lr-fraction", final_fraction)):
+            if value is not None:
+                raise bad(
+                    flag.lstrip("-").replace("-", "_"),
+                    value,
+                    "used with --lr-schedule",
+                    "add --lr-schedule cosine",
+                )
+    else:
+        workload = replace(
+            workload,
+            schedule=LrSchedule(
+                decay=decay, warmup_examples=warmup_examples or 0, final_fraction=final_fraction or 0.0
+            ),
+        )
+    return workload if clip is None else replace(workload, clip_grad_norm=clip)

@@ -10,9 +10,13 @@ from rich.table import Table
 
 from batchlab.cli.options import (
     DEFAULT_WORKLOAD,
+    ClipOpt,
     DeviceOpt,
+    FinalLrOpt,
     JsonOpt,
+    LrScheduleOpt,
     TensorBoardOpt,
+    WarmupExamplesOpt,
     WorkloadOpt,
     emit_json,
     int_option,
@@ -25,6 +29,7 @@ from batchlab.cli.options import (
     run_label,
     save,
     show_result,
+    with_recipe,
     write_json,
     write_tensorboard,
 )
@@ -72,10 +77,17 @@ def train_command(
     accumulation: int = int_option(1, "--accumulation", help="micro-batches per step"),
     max_steps: int | None = int_option(None, "--max-steps", help="step budget"),
     max_epochs: float = typer.Option(None, "--max-epochs", help="epoch budget"),
+    max_examples: int | None = int_option(
+        None, "--max-examples", help="example budget (a schedule's horizon)"
+    ),
     until_target: bool = typer.Option(False, "--until-target", help="stop when the target is reached"),
     eval_every: int | None = int_option(
         None, "--eval-every", help="evaluate every N steps (default: automatic)"
     ),
+    lr_schedule: LrScheduleOpt = None,
+    warmup_examples: WarmupExamplesOpt = None,
+    final_lr_fraction: FinalLrOpt = None,
+    clip: ClipOpt = None,
     track_noise: bool = typer.Option(False, "--track-noise", help="estimate the gradient noise scale"),
     precision: Precision = typer.Option(
         Precision.FP32, "--precision", help="autocast: fp32, bf16, fp16 (CUDA)"
@@ -109,7 +121,7 @@ def train_command(
 ) -> None:
     """Train the workload once and show its curve and time to target."""
     _tensorboard.check_available(tensorboard)
-    wl = load_workload(workload)
+    wl = with_recipe(load_workload(workload), lr_schedule, warmup_examples, final_lr_fraction, clip)
     batches = _batches(
         wl.batch_size, batch_size, milestones, factor, schedule, max_batch_size, batch_schedule
     )
@@ -121,6 +133,7 @@ def train_command(
         accumulation=accumulation,
         max_steps=max_steps,
         max_epochs=max_epochs,
+        max_examples=max_examples,
         until_target=until_target,
         eval_every=eval_every,
         track_noise=track_noise,

@@ -124,3 +124,16 @@ def _backward_amp(
         total = loss.detach().float() if total is None else total + loss.detach().float()
     assert total is not None
     return StepOutput(total)
+
+
+def clip_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, amp: Amp | None, max_norm: float | None
+) -> torch.Tensor | None:
+    """Clip the step's whole gradient to `max_norm` (unscaled first under fp16); its norm before the
+    clip, on the device (None without a clip). Every path that takes a training step calls it, so
+    that the clip's pass over the gradients is trained, timed and held in memory alike."""
+    if max_norm is None:
+        return None
+    if amp is not None and amp.scaler is not None:
+        amp.scaler.unscale_(optimizer)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)

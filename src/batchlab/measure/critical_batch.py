@@ -46,9 +46,9 @@ from batchlab.measure.branches import (
 )
 from batchlab.schedule import BatchSchedule
 from batchlab.train.config import DEFAULT_EPOCHS_UNTIL_TARGET
-from batchlab.train.loop import train
 from batchlab.train.record import recorded_train
 from batchlab.train.result import TrainResult
+from batchlab.train.run import train
 from batchlab.workload import Workload, check_batch_size
 
 # Where to branch: fractions of the reference run's steps to the target (Merrill et al. branch along

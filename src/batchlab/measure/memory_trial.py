@@ -19,7 +19,7 @@ import torch
 
 from batchlab.core.data import to_device
 from batchlab.core.precision import Amp, Precision, optimizer_step
-from batchlab.core.step import backward
+from batchlab.core.step import backward, clip_step
 from batchlab.errors import WorkloadError
 from batchlab.train.model import fresh_model
 from batchlab.workload import Workload
@@ -108,6 +108,7 @@ def trial_steps(
         model.train()
         optimizer.zero_grad(set_to_none=True)
         backward(model, workload.loss, (x, y), micro_batches=1, amp=amp)
+        clip_step(model, optimizer, amp, workload.clip_grad_norm)
         optimizer_step(optimizer, amp)
         if plan.include_eval:
             model.eval()

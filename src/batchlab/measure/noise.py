@@ -23,8 +23,8 @@ from batchlab.core.noise_estimator import inverse_batch, one_step
 from batchlab.core.progress import Steps
 from batchlab.core.step import grad_list, sq_norm
 from batchlab.errors import bad, check_int
-from batchlab.train.loop import train
 from batchlab.train.result import CurvePoint
+from batchlab.train.run import train
 from batchlab.workload import Workload
 from batchlab.workloads import load_workload
 

@@ -25,7 +25,7 @@ from batchlab.core.device import clock, is_out_of_memory, resolve_device
 from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Amp, Precision, as_precision, optimizer_step
 from batchlab.core.progress import Steps
-from batchlab.core.step import backward
+from batchlab.core.step import backward, clip_step
 from batchlab.errors import bad
 from batchlab.train.model import fresh_model
 from batchlab.workload import Workload, check_batch_size
@@ -85,14 +85,13 @@ class ThroughputProfile:
     def step_seconds(self, batch_size: int, *, monotone: bool = False) -> float | None:
         """Step time at any batch size, interpolated linearly between measured points (a step's
         cost is close to t0 + c B), extrapolated along the last segment beyond them. `monotone`:
-        from the measured medians made non-decreasing in B first (a larger batch does at least the
-        work of a smaller one, so a dip is the machine's noise, pooled with its neighbours)."""
+        from the measured medians' `lower_envelope` (no step time above a larger batch's)."""
         measured = [(p.batch_size, p.step_seconds) for p in self.points if p.step_seconds is not None]
         if not measured:
             return None
         if monotone:
             measured = list(
-                zip([b for b, _ in measured], nondecreasing([s for _, s in measured]), strict=True)
+                zip([b for b, _ in measured], lower_envelope([s for _, s in measured]), strict=True)
             )
         for b, s in measured:
             if b == batch_size:
@@ -111,20 +110,20 @@ class ThroughputProfile:
         return max(s0 + (s1 - s0) * (batch_size - b0) / (b1 - b0), 1e-9)
 
 
-def nondecreasing(values: list[float]) -> list[float]:
-    """The least-squares non-decreasing fit to `values` (pool adjacent violators): each run of values
-    that falls is replaced by its mean.
+def lower_envelope(values: list[float]) -> list[float]:
+    """Each value capped by every later one (a suffix minimum): non-decreasing, and never above a
+    value measured. Step times in batch order: a larger batch does at least the work of a smaller
+    one, and a machine's noise only slows a timing down, so a step time above a larger batch's is
+    noise, bounded by the larger one (pooling it with its neighbours instead, as a least-squares
+    fit does, would spread one slow spell over every larger batch).
 
-    >>> nondecreasing([1.0, 3.0, 2.0, 4.0])
-    [1.0, 2.5, 2.5, 4.0]
+    >>> lower_envelope([1.0, 3.0, 2.0, 4.0])
+    [1.0, 2.0, 2.0, 4.0]
     """
-    blocks: list[tuple[float, int]] = []  # (sum, count) of each pooled run
-    for value in values:
-        blocks.append((value, 1))
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            (total, count), (more, n) = blocks[-2], blocks[-1]
-            blocks[-2:] = [(total + more, count + n)]
-    return [total / count for total, count in blocks for _ in range(count)]
+    out = list(values)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
 
 
 def default_batch_sizes(cap: int) -> list[int]:
@@ -180,7 +179,8 @@ class _Stepper:
     ) -> None:
         self.world = _dist.world_size() if data_parallel else 1
         self.device, self.data, self.loss, self.accumulation = device, data, workload.loss, accumulation
-        model = fresh_model(workload, 0, device, checkpoint=checkpoint)
+        self.clip = workload.clip_grad_norm
+        self.model = model = fresh_model(workload, 0, device, checkpoint=checkpoint)
         self.net: torch.nn.Module = model
         self.no_sync = None
         if self.world > 1:
@@ -205,6 +205,7 @@ class _Stepper:
             amp=self.amp,
             no_sync=self.no_sync,
         )
+        clip_step(self.model, self.optimizer, self.amp, self.clip)
         optimizer_step(self.optimizer, self.amp)
 
     def seconds_per_step(self, batch_size: int, steps: int) -> float:

@@ -17,8 +17,8 @@ from batchlab.errors import check_int
 from batchlab.measure.noise import exact_noise_scale
 from batchlab.sharpness import flat_mean_gradient
 from batchlab.studies.arms import StudyName, StudyProgress, StudyResult
-from batchlab.train.loop import train
 from batchlab.train.model import fresh_model
+from batchlab.train.run import train
 from batchlab.workload import Workload
 
 

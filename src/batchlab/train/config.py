@@ -16,6 +16,7 @@ from batchlab.core.device import resolve_device
 from batchlab.core.precision import Precision, as_precision
 from batchlab.errors import bad, check_int, check_seed
 from batchlab.lr import LrRule, as_rule, rate_for
+from batchlab.recipe import Decay, LrSchedule
 from batchlab.schedule import BatchSchedule
 from batchlab.train.checkpoint import Checkpoint, checkpoint_steps, load_checkpoint
 from batchlab.workload import Workload, check_batch_size, check_lr
@@ -39,6 +40,7 @@ class TrainConfig:
     accumulation: int = 1
     max_steps: int | None = None  # None: max_epochs (default DEFAULT_EPOCHS, or ..._UNTIL_TARGET)
     max_epochs: float | None = None
+    max_examples: int | None = None  # the run's length in examples (a recipe's horizon), instead
     until_target: bool = False  # stop at the first evaluation that reaches the target
     eval_every: int | None = None  # None: steps-to-target kept within 1/16 of its value
     seed: int = 0
@@ -106,6 +108,8 @@ class Plan:
     noise_parts: int  # a measured step's parts: micro-batches, ranks, or a plain step split in two
     noise_every: int
     limit: int  # steps
+    horizon: int  # the examples those steps take: a schedule decays over them
+    lr_schedule: LrSchedule | None  # the workload's, as this run applies it (see run_schedule)
     saves: set[int]  # steps to checkpoint at
     device: torch.device
     precision: Precision
@@ -138,7 +142,7 @@ def plan_run(workload: Workload, config: TrainConfig) -> Plan:
                 f"a multiple of {noise_parts} to track the noise scale",
                 "pass an even batch size, or --accumulation K with K dividing it",
             )
-    limit = step_limit(workload, schedule, config.max_steps, config.max_epochs, config.until_target)
+    limit = step_limit(workload, schedule, config)
     saves = checkpoint_steps(config.checkpoint_at, config.checkpoint_dir, limit)
     device = resolve_device(config.device)
     precision = as_precision(config.precision, device)
@@ -151,6 +155,8 @@ def plan_run(workload: Workload, config: TrainConfig) -> Plan:
         noise_parts=noise_parts,
         noise_every=max(1, noise_every),
         limit=limit,
+        horizon=schedule.examples_in(limit, workload.train_size),
+        lr_schedule=run_schedule(workload.schedule, config.until_target),
         saves=saves,
         device=device,
         precision=precision,
@@ -190,19 +196,30 @@ def _resume(workload: Workload, config: TrainConfig, device: torch.device) -> Ch
     return replace(resume, state={**resume.state, "position": position})
 
 
-def step_limit(
-    workload: Workload,
-    schedule: BatchSchedule,
-    max_steps: int | None,
-    max_epochs: float | None,
-    until_target: bool,
-) -> int:
-    """The run's length in steps: `max_steps`, else `max_epochs` (or the default) over the schedule."""
+def run_schedule(schedule: LrSchedule | None, until_target: bool) -> LrSchedule | None:
+    """The workload's rate schedule as a run applies it. A run to the target has no length of its
+    own (its step limit is a cap): it decays only over a horizon the schedule states, and otherwise
+    keeps the warm-up and then the peak, at every batch alike."""
+    if schedule is None or not until_target or schedule.horizon_examples is not None:
+        return schedule
+    return replace(schedule, decay=Decay.CONSTANT)
+
+
+def step_limit(workload: Workload, schedule: BatchSchedule, config: TrainConfig) -> int:
+    """The run's length in steps: `max_steps`, else `max_examples` (the fewest steps that take
+    them), else `max_epochs` (or the default) over the schedule."""
+    max_steps, max_epochs, max_examples = config.max_steps, config.max_epochs, config.max_examples
+    if max_examples is not None and (max_steps is not None or max_epochs is not None):
+        other = "max_steps" if max_steps is not None else "max_epochs"
+        raise bad("max_examples", max_examples, f"left out when {other} is given", "give the run one length")
     if max_steps is not None:
         return check_int("max_steps", max_steps, fix="pass --max-steps 1000")
+    if max_examples is not None:
+        check_int("max_examples", max_examples, fix="pass --max-examples 100000")
+        return schedule.steps_for(max_examples, workload.train_size)
     epochs = max_epochs
     if epochs is None:
-        epochs = DEFAULT_EPOCHS_UNTIL_TARGET if until_target else DEFAULT_EPOCHS
+        epochs = DEFAULT_EPOCHS_UNTIL_TARGET if config.until_target else DEFAULT_EPOCHS
     if not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0:
         raise bad("max_epochs", max_epochs, "a number > 0", "pass --max-epochs 10")
     return schedule.steps(epochs, workload.train_size)

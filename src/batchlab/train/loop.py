@@ -1,13 +1,12 @@
-"""The training loop: train a fresh model from a workload, and record its curve.
-
-`train` builds everything from the workload (a seeded model, a new optimizer), so a run is a pure
-function of its arguments: the same seed gives the same curve on the CPU.
+"""The training loop of one run: each step (the rate, the noise gating, the clip), the evaluation
+schedule with kept-weight replay, checkpoints, divergence, and the result. `train.run` holds the
+interface, `train()`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from batchlab.core.monitor import NoiseMonitor, NoiseReading
 from batchlab.core.precision import Amp, Precision, optimizer_step
 from batchlab.core.progress import Steps
 from batchlab.core.step import backward
-from batchlab.lr import LrRule, warmup_factor
-from batchlab.schedule import BatchSchedule, Phase
+from batchlab.schedule import Phase
 from batchlab.sharpness import minimum_sharpness
 from batchlab.train.checkpoint import Checkpoint
-from batchlab.train.config import Plan, TrainConfig, plan_run
+from batchlab.train.config import Plan, TrainConfig
 from batchlab.train.evaluation import (
     DIVERGENCE_MIN,
     DIVERGENCE_SAMPLE,
@@ -41,9 +39,9 @@ from batchlab.train.evaluation import (
     has_diverged,
 )
 from batchlab.train.model import fresh_model
+from batchlab.train.rate import StepRecipe
 from batchlab.train.result import CurvePoint, TrainResult, finite_or_none, noise_summary
 from batchlab.workload import Workload
-from batchlab.workloads import load_workload
 
 # The tracked noise scale averages over an exponential window of the last NOISE_WINDOW of the steps
 # so far (counted in steps, whatever the interval between measured steps). |G|^2 falls fast as the
@@ -52,88 +50,8 @@ from batchlab.workloads import load_workload
 NOISE_WINDOW = 0.1
 
 
-def train(
-    workload: Workload | str,
-    *,
-    batch_size: int | BatchSchedule,
-    lr: float | None = None,
-    lr_rule: str | LrRule = LrRule.LINEAR,
-    b_noise: float | None = None,
-    warmup_steps: int = 0,
-    accumulation: int = 1,
-    max_steps: int | None = None,
-    max_epochs: float | None = None,
-    until_target: bool = False,
-    eval_every: int | None = None,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    track_noise: bool = False,
-    noise_every: int | None = None,
-    precision: str | Precision = Precision.FP32,
-    checkpoint: bool = False,
-    ghost_batch_size: int | None = None,
-    sharpness: bool = False,
-    final_gap: bool = True,
-    checkpoint_at: Sequence[int | float] = (),
-    checkpoint_dir: str | Path | None = None,
-    resume_from: str | Path | None = None,
-    data_seed: int | None = None,
-    keep_model: bool = False,
-    on_point: Callable[[CurvePoint], None] | None = None,
-    progress: Steps | None = None,
-) -> TrainResult:
-    """Train a fresh model from `workload` at `batch_size` and return its whole curve.
-
-    The options are `TrainConfig`'s, where each is described. The target is judged at evaluation
-    points on fixed data (`evaluation`); a loss that is not finite, or a training-sample loss that
-    rises to DIVERGENCE_FACTOR times its start, stops the run and marks it `diverged`: a result, not
-    an error. `on_point` is told each curve point as it is scored; `progress(step, limit)` too.
-    """
-    config = TrainConfig(
-        batch_size=batch_size,
-        lr=lr,
-        lr_rule=lr_rule,
-        b_noise=b_noise,
-        warmup_steps=warmup_steps,
-        accumulation=accumulation,
-        max_steps=max_steps,
-        max_epochs=max_epochs,
-        until_target=until_target,
-        eval_every=eval_every,
-        seed=seed,
-        device=device,
-        track_noise=track_noise,
-        noise_every=noise_every,
-        precision=precision,
-        checkpoint=checkpoint,
-        ghost_batch_size=ghost_batch_size,
-        sharpness=sharpness,
-        final_gap=final_gap,
-        checkpoint_at=checkpoint_at,
-        checkpoint_dir=checkpoint_dir,
-        resume_from=resume_from,
-        data_seed=data_seed,
-        keep_model=keep_model,
-    )
-    return run(load_workload(workload), config, on_point=on_point, progress=progress)
-
-
-def run(
-    workload: Workload,
-    config: TrainConfig,
-    *,
-    on_point: Callable[[CurvePoint], None] | None = None,
-    progress: Steps | None = None,
-) -> TrainResult:
-    """`train` with its options as one config."""
-    _dist.init_from_env()
-    loop = _Loop(workload, config, plan_run(workload, config))
-    curve, stop = loop.run(on_point=on_point, progress=progress)
-    return loop.result(curve, stop)
-
-
-class _Loop:
-    """The state of one run. Private: `train` is the interface."""
+class Loop:
+    """The state of one run. `train.run.train` is the interface."""
 
     def __init__(self, workload: Workload, config: TrainConfig, plan: Plan) -> None:
         device = plan.device
@@ -142,6 +60,13 @@ class _Loop:
         self._enter(plan.schedule.phases[0])
         self.accumulation, self.lr = config.accumulation, plan.lr
         self.warmup_steps, self.seed = config.warmup_steps, config.seed
+        self.recipe = StepRecipe(
+            plan.lr,
+            warmup_steps=config.warmup_steps,
+            schedule=plan.lr_schedule,
+            horizon=plan.horizon,
+            clip=workload.clip_grad_norm,
+        )
         self.noise_every, self.noise_parts = plan.noise_every, plan.noise_parts
         self.limit, self.rule = plan.limit, plan.rule
         self.model = fresh_model(
@@ -228,8 +153,8 @@ class _Loop:
             self.saved.append({"step": self.step, "examples": self.examples, "path": str(path)})
 
     def _train_step(self, batch: Batch) -> torch.Tensor:
-        if self.lr_stale or self.step <= self.warmup_steps:  # else the rate is what it was
-            lr = self.lr * self.phase.lr_factor * warmup_factor(self.step, self.warmup_steps)
+        if self.lr_stale or self.recipe.moves(self.step):  # else the rate is what it was
+            lr = self.recipe.rate(self.step, self.examples, self.batch_size, self.phase.lr_factor)
             if lr != self.lr_now:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -250,8 +175,9 @@ class _Loop:
             amp=self.amp,
             no_sync=self.net.no_sync if self.world > 1 else None,  # type: ignore[arg-type]
         )
-        if self.monitor is not None:
+        if self.monitor is not None:  # the gradient as it came, before any clip
             self.monitor.step(self.batch_size)
+        self.recipe.clip_gradients(self.model, self.optimizer, self.amp)
         optimizer_step(self.optimizer, self.amp)
         self.step += 1
         self.examples += self.batch_size
@@ -453,5 +379,6 @@ class _Loop:
             sharpness=measured,
             checkpoints=tuple(self.saved),
             resumed_from=self.resumed_from,
+            clipped_fraction=self.recipe.clipped_fraction,
             model=self.model if keep_model else None,
         )

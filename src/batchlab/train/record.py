@@ -8,8 +8,8 @@ from typing import Any
 
 from batchlab.core import dist as _dist
 from batchlab.core.store import Store, run_key
-from batchlab.train.loop import train
 from batchlab.train.result import CURVE_VERSION, TrainResult
+from batchlab.train.run import train
 from batchlab.workload import Workload
 
 
@@ -17,6 +17,11 @@ def run_config(workload: Workload, settings: dict[str, Any]) -> dict[str, Any]:
     """What identifies a run: its workload, its settings (not the device it ran on), and the
     version of what its curve points mean."""
     config = {"workload": workload.name, "curve_version": CURVE_VERSION, **settings}
+    if workload.schedule is not None or workload.clip_grad_norm is not None:  # the recipe is the run's too
+        config["recipe"] = {
+            "schedule": None if workload.schedule is None else workload.schedule.to_dict(),
+            "clip_grad_norm": workload.clip_grad_norm,
+        }
     config.pop("device", None)
     return config
 

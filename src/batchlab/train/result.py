@@ -86,6 +86,7 @@ class TrainResult:
     sharpness: dict[str, Any] | None = None  # of the final model, when asked for
     checkpoints: tuple[dict[str, Any], ...] = ()  # {step, examples, path} of each one saved
     resumed_from: dict[str, Any] | None = None  # {step, examples, path} of the checkpoint it began at
+    clipped_fraction: float | None = None  # of the steps this process ran, with the workload's clip
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
