@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from batchlab.advise.result import Prediction
 from batchlab.core import dist as _dist
@@ -232,3 +232,13 @@ def flat_choice(
     )
     chosen = min(band, key=lambda p: p.batch_size)
     return chosen, () if chosen is fastest else band
+
+
+def retimed(predictions: list[Prediction], timing: ThroughputProfile) -> list[Prediction]:
+    """The predictions at the batches `timing` measured, on its step times (the steps unchanged)."""
+    out = []
+    for p in predictions:
+        step = timing.step_seconds(p.batch_size)
+        if step is not None:
+            out.append(replace(p, step_seconds=step, seconds_to_target=p.steps_to_target * step))
+    return out

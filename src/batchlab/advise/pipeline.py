@@ -31,7 +31,7 @@ import torch
 from batchlab.advise.budget import Budget
 from batchlab.advise.choice import Point, cap_from_memory, choose_point
 from batchlab.advise.emit import Emit, as_emit, with_trainer_settings
-from batchlab.advise.evidence import speedup_evidence, validate_advice
+from batchlab.advise.evidence import contenders_side_by_side, speedup_evidence, validate_advice
 from batchlab.advise.model import (
     forecast_speedup,
     predict,
@@ -109,6 +109,7 @@ class _Choice:
     evidence added), and the evidence for its speedup."""
 
     point: Point
+    contenders: tuple[Prediction, ...]  # timed side by side before the choice (none: not timed)
     lr_checks: list[Measured]
     timing: ThroughputProfile | None
     measured: list[Measured]
@@ -241,10 +242,13 @@ def _choose(
 ) -> _Choice:
     """The point and its rate; then what its speedup rests on, and with `validate` the advice trained."""
     runs = RecordedRuns(workload, config.device)  # the tuning runs and the extra seeds
+    contenders, timed = found.predictions, None
+    if found.predictions and budget.left() > 0:
+        contenders, timed = contenders_side_by_side(workload, found.predictions, config.device, say)
     point = choose_point(
         workload,
-        found.predictions,
-        found.throughput,
+        contenders,
+        timed or found.throughput,
         found.reference_prediction,
         found.b_noise,
         runs,
@@ -268,6 +272,7 @@ def _choose(
             budget,
             limitations,
             say,
+            timed,
         )
         lr_checks += more
         forecast = forecast_speedup(best, lr_checks, lr, found.reference_prediction, workload, timing)
@@ -297,6 +302,7 @@ def _choose(
         )
     return _Choice(
         point=point,
+        contenders=tuple(contenders) if timed is not None else (),
         lr_checks=lr_checks,
         timing=timing,
         measured=measured,
@@ -336,6 +342,7 @@ def _advice(
         (choice.point.rule_lr, choice.point.lr, choice.point.lr_stopped_because),
         probed_no_further=found.probed_no_further,
         flat=choice.point.flat,
+        contenders=choice.contenders,
     ) + recipe_lines(workload, choice.point.batch_size, run.clipped_fraction)
     clipped = clipping_limitation(run.clipped_fraction)
     if clipped is not None:

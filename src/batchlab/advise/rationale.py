@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from batchlab.advise.evidence import CONTENDER_RATIO, SIDE_BY_SIDE_REPEATS
 from batchlab.advise.model import Forecast
 from batchlab.advise.result import Prediction
 from batchlab.lr import LrRule
@@ -60,6 +61,7 @@ def rationale_lines(
     *,
     probed_no_further: bool = False,
     flat: tuple[Prediction, ...] = (),
+    contenders: tuple[Prediction, ...] = (),
 ) -> list[str]:
     if best is None or b_noise is None:
         return [
@@ -94,6 +96,13 @@ def rationale_lines(
         lines.append(
             f"Throughput stops paying past batch {throughput.knee_batch_size} (doubling adds under "
             f"{throughput.knee_gain:.0%} samples/s)."
+        )
+    others = [p.batch_size for p in contenders if p.batch_size != workload.batch_size]
+    if others:
+        lines.append(
+            f"Batches {', '.join(map(str, others))} (predicted within {CONTENDER_RATIO:g}x of the fastest) "
+            f"were timed again beside the reference batch {workload.batch_size}, "
+            f"{SIDE_BY_SIDE_REPEATS} blocks each in turn, and the choice rests on those step times."
         )
     if flat:
         lines.append(flat_line(best, flat))
