@@ -8,10 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import batchlab
 from batchlab import Advice, ConfigError
 from batchlab.advise.emit import Emit, render, trainer_settings
+from batchlab.recipe import LrSchedule, StepSchedule
 
 from .helpers import invoke
 
@@ -38,7 +42,7 @@ LIGHTNING = [
 ]
 TORCHRUN = [
     "torchrun --nproc_per_node 4 -m batchlab train --workload my.py:w --batch-size 1536 "
-    "--accumulation 4 --lr 0.9 --warmup-steps 0 --until-target"
+    "--accumulation 4 --lr 0.9 --until-target"
 ]
 
 
@@ -77,3 +81,92 @@ def test_the_python_api_returns_the_settings_the_command_writes() -> None:
     assert f"per_device_train_batch_size={settings['per_device_batch_size']}," in advice.emitted["hf"]
     with pytest.raises(ConfigError, match="emit must be one of"):
         batchlab.advise("linreg", emit="vim")
+
+
+@given(
+    decay=st.sampled_from(["constant", "cosine", "linear", "wsd"]),
+    batch=st.sampled_from([1, 8, 48]),
+    warmup=st.integers(0, 20),
+    total=st.integers(21, 200),
+    decay_steps=st.integers(1, 20),
+    floor=st.sampled_from([0.0, 0.1, 0.5]),
+)
+def test_the_schedule_in_steps_is_the_schedule_in_examples(
+    decay: str, batch: int, warmup: int, total: int, decay_steps: int, floor: float
+) -> None:
+    """Where the warm-up, the WSD decay and the horizon are whole steps of the batch, the factor
+    at step s is the examples' factor at s x batch, at every step and past the horizon."""
+    schedule = LrSchedule(
+        decay=decay, warmup_examples=warmup * batch, final_fraction=floor, decay_fraction=decay_steps / total
+    )
+    steps = schedule.in_steps(batch, total * batch)
+    for s in range(total + 3):
+        assert steps(s) == pytest.approx(schedule.factor(s * batch, total * batch), abs=1e-12)
+
+
+def _hf_rates(text: str, output_dir: Path, steps: int) -> tuple[list[float], float]:
+    """The emitted TrainingArguments, pasted (its `...` being the user's own arguments), run
+    through a Trainer's own optimizer and scheduler: the rate at each step, and the clip."""
+    transformers = pytest.importorskip("transformers")
+    code = text.replace("    ...,", f"    output_dir={str(output_dir)!r}, report_to='none', use_cpu=True,")
+    namespace: dict[str, object] = {"transformers": transformers}
+    exec(code, namespace)
+    args = namespace["args"]
+    trainer = transformers.Trainer(model=torch.nn.Linear(2, 1), args=args)  # type: ignore[arg-type]
+    total = args.max_steps if args.max_steps > 0 else steps  # type: ignore[attr-defined]
+    trainer.create_optimizer_and_scheduler(num_training_steps=total)
+    rates = []
+    for _ in range(steps):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return rates, args.max_grad_norm  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        LrSchedule(decay="cosine", warmup_examples=320, final_fraction=0.1, horizon_examples=6400),
+        LrSchedule(decay="cosine", warmup_examples=640, horizon_examples=3200),
+        LrSchedule(decay="linear", warmup_examples=320, final_fraction=0.2, horizon_examples=3200),
+        LrSchedule(decay="linear", horizon_examples=3200),
+        LrSchedule(decay="wsd", warmup_examples=320, decay_fraction=0.25, horizon_examples=6400),
+        LrSchedule(decay="wsd", final_fraction=0.1, decay_fraction=0.5, horizon_examples=3200),
+        LrSchedule(decay="cosine", warmup_examples=640),  # a run to the target: warm-up, then the peak
+    ],
+    ids=["cosine-floor", "cosine", "linear-floor", "linear", "wsd", "wsd-floor", "no-horizon"],
+)
+def test_hf_settings_pasted_give_the_runs_rates_step_for_step(schedule: LrSchedule, tmp_path: Path) -> None:
+    """At the advised batch 64, Hugging Face's scheduler (built by its Trainer from the emitted
+    arguments) gives at every step the rate batchlab's run to the target applies, up to and past
+    the horizon; and the clip is the workload's."""
+    from batchlab.train.config import run_schedule
+
+    ran = run_schedule(schedule, until_target=True)
+    assert ran is not None
+    steps = ran.in_steps(64, ran.horizon_examples or ran.warmup_examples)
+    text = render(
+        trainer_settings(64, 0.02, devices=1, max_per_device=None, schedule=steps, clip=0.5),
+        Emit.HF,
+        workload="w",
+        spec=None,
+    )
+    horizon = (schedule.horizon_examples or 6400) // 64
+    rates, clip = _hf_rates(text, tmp_path, horizon)
+    assert rates == pytest.approx([0.02 * ran.factor(64 * k, 0) for k in range(horizon)], rel=1e-9, abs=1e-12)
+    assert clip == 0.5
+    constant = trainer_settings(64, 0.02, devices=1, max_per_device=None)
+    unclipped = render(constant, Emit.HF, workload="w", spec=None)
+    assert _hf_rates(unclipped, tmp_path, 3) == ([0.02] * 3, 0.0)  # constant, and HF's default clip off
+
+
+def test_the_lightning_and_plain_settings_carry_the_schedule() -> None:
+    steps = LrSchedule(decay="cosine", warmup_examples=320, horizon_examples=6400).in_steps(64, 0)
+    settings = trainer_settings(64, 0.02, devices=1, max_per_device=None, schedule=steps, clip=1.0)
+    lightning = render(settings, Emit.LIGHTNING, workload="w", spec=None).splitlines()
+    assert "    gradient_clip_val=1.0," in lightning and "    max_steps=100," in lightning
+    line = next(x for x in lightning if "StepSchedule(" in x)
+    rebuilt = eval(line.split("= batchlab.recipe.")[1], {"StepSchedule": StepSchedule})
+    assert rebuilt == steps
+    plain = json.loads(render(settings, Emit.PLAIN, workload="w", spec=None).splitlines()[-1])
+    assert StepSchedule(**plain["schedule"]) == steps and plain["clip_grad_norm"] == 1.0

@@ -20,13 +20,14 @@ from .helpers import assert_one_line_error, invoke
 
 @pytest.mark.parametrize("batch_size", [32, 64])
 def test_warm_up_covers_the_same_examples_at_any_batch(batch_size: int) -> None:
-    """256 warm-up examples: 8 steps at 32, 4 at 64; each step's rate is the examples it ends at over
-    256, so the step ending at example 128 runs at half the peak at both batches."""
+    """256 warm-up examples: 8 steps at 32, 4 at 64; each step's rate is the examples seen before it
+    over 256 (Hugging Face's s / W in steps), so the step after example 128 runs at half the peak
+    at both batches and the step after example 256 at the peak."""
     s = LrSchedule(warmup_examples=256)
     steps = 256 // batch_size
-    rates = [s.factor(k * batch_size, batch_size, 10_000) for k in range(steps + 2)]
-    assert rates == pytest.approx([(k + 1) / steps for k in range(steps)] + [1.0, 1.0])
-    assert s.factor(128 - batch_size, batch_size, 10_000) == pytest.approx(0.5)
+    rates = [s.factor(k * batch_size, 10_000) for k in range(steps + 2)]
+    assert rates == pytest.approx([k / steps for k in range(steps)] + [1.0, 1.0])
+    assert s.factor(128, 10_000) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("batch_size", [32, 64])
@@ -44,21 +45,28 @@ def test_warm_up_covers_the_same_examples_at_any_batch(batch_size: int) -> None:
 def test_each_decay_at_known_points_reaches_its_floor_at_the_horizon(
     decay: str, at_half: float, at_three_quarters: float, batch_size: int
 ) -> None:
+    """At either batch, the steps that start at examples 1280 and 1792 (40 and 56 at 32, 20 and 28
+    at 64) run at the shape's rate there, and the step at the horizon at its floor."""
     s = LrSchedule(decay=decay, warmup_examples=256, final_fraction=0.1)
     horizon = 2304
-    assert s.factor(1280, batch_size, horizon) == pytest.approx(at_half)
-    assert s.factor(1792, batch_size, horizon) == pytest.approx(at_three_quarters)
+
+    def at(examples: int) -> float:  # the rate of the step starting there, at this batch
+        assert examples % batch_size == 0
+        return s.factor(examples // batch_size * batch_size, horizon)
+
+    assert at(1280) == pytest.approx(at_half)
+    assert at(1792) == pytest.approx(at_three_quarters)
     end = 1.0 if decay == "constant" else 0.1
-    assert s.factor(horizon, batch_size, horizon) == pytest.approx(end)
-    assert s.factor(2 * horizon, batch_size, horizon) == pytest.approx(end)  # and holds there
-    if decay == "wsd":  # halfway through its decay: 1843 + 230.5
-        assert s.factor(2073, batch_size, horizon) == pytest.approx(0.1 + 0.9 * (1 - 230 / 461))
+    assert at(horizon) == pytest.approx(end)
+    assert at(2 * horizon) == pytest.approx(end)  # and holds there
+    if decay == "wsd":  # halfway through its decay (1843 + 230.5), between steps: the formula
+        assert s.factor(2073, horizon) == pytest.approx(0.1 + 0.9 * (1 - 230 / 461))
 
 
 def test_a_stated_horizon_wins_over_the_runs_and_a_fraction_warms_up_over_its_share() -> None:
     s = LrSchedule(decay="linear", warmup_fraction=0.25, horizon_examples=1000)
     assert s.warmup(400) == 250  # of the stated horizon, not the run's 400
-    assert s.factor(625, 50, 400) == pytest.approx(0.5)
+    assert s.factor(625, 400) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -89,9 +97,9 @@ def test_the_run_applies_the_schedule_at_each_step() -> None:
         result = train(_linreg(schedule=schedule), batch_size=b, lr=0.02, max_steps=20, eval_every=1)
         rates = [p.lr for p in result.curve[1:]]
         assert rates == pytest.approx(
-            [0.02 * schedule.factor(k * b, b, 20 * b) for k in range(20)], rel=1e-12
+            [0.02 * schedule.factor(k * b, 20 * b) for k in range(20)], rel=1e-12
         )
-        assert rates[64 // b - 1] == pytest.approx(0.02)  # the step that ends the warm-up
+        assert rates[64 // b] == pytest.approx(0.02)  # the first step after the warm-up
         curves[b] = rates
     # The same run with its length in examples: 320 examples at 16 are the same 20 steps.
     by_examples = train(_linreg(schedule=schedule), batch_size=16, lr=0.02, max_examples=320, eval_every=1)
@@ -184,7 +192,7 @@ def test_train_takes_the_recipe_from_its_options(tmp_path) -> None:  # type: ign
         "1",
     )
     rates = [p["lr"] for p in data["curve"][1:]]
-    assert len(rates) == 20 and rates[0] == pytest.approx(0.01) and rates[1] == pytest.approx(0.02)
+    assert len(rates) == 20 and rates[:3] == pytest.approx([0.0, 0.01, 0.02])
     assert rates[-1] == pytest.approx(0.02 * (0.5 + 0.5 * (1 - (608 - 64) / (640 - 64))))
     assert data["clipped_fraction"] > 0
     assert_one_line_error(
@@ -259,9 +267,9 @@ def test_a_nanogpt_recipe_as_a_plain_workload_runs_as_its_own_loop_does() -> Non
     )
     run = train(workload, batch_size=batch, max_steps=steps, eval_every=1, keep_model=True)
 
-    def get_lr(it: int) -> float:  # nanoGPT's, with its warm-up counted from 1
+    def get_lr(it: int) -> float:  # nanoGPT's, as first written (warm-up it / warmup_iters)
         if it < 5:
-            return peak * (it + 1) / 5
+            return peak * it / 5
         ratio = (it - 5) / (steps - 5)
         return 0.1 * peak + 0.5 * (1 + math.cos(math.pi * ratio)) * (peak - 0.1 * peak)
 
@@ -301,22 +309,23 @@ def test_a_run_to_the_target_decays_only_over_a_stated_horizon() -> None:
     schedule = LrSchedule(decay="cosine", warmup_examples=64)
     held = train(_linreg(schedule=schedule), batch_size=32, lr=0.02, until_target=True, eval_every=1)
     assert held.reached_target
-    assert [p.lr for p in held.curve[1:]] == pytest.approx([0.01] + [0.02] * (len(held.curve) - 2))
+    assert [p.lr for p in held.curve[1:]] == pytest.approx([0.0, 0.01] + [0.02] * (len(held.curve) - 3))
     stated = dataclasses.replace(schedule, horizon_examples=640)
     decayed = train(_linreg(schedule=stated), batch_size=32, lr=0.02, until_target=True, eval_every=1)
     rates = [p.lr for p in decayed.curve[1:]]
-    assert rates == pytest.approx([0.02 * stated.factor(32 * k, 32, 0) for k in range(len(rates))])
+    assert rates == pytest.approx([0.02 * stated.factor(32 * k, 0) for k in range(len(rates))])
     assert rates[-1] < 0.02
 
 
 def test_the_advice_says_how_it_ran_the_recipe() -> None:
     """linreg with a 256-example warm-up, a cosine decay and a clip at 0.05 (most of its early steps
     clip): the advice keeps the warm-up in examples, holds the peak in its runs to the target (no
-    horizon stated), and says how many of the reference's steps clipped, with the limitation."""
+    horizon stated), and says how many of the reference's steps clipped, with the limitation. Its
+    Hugging Face settings are that warm-up at the advised batch, then the peak, and the clip."""
     from batchlab import advise
 
     wl = _linreg(schedule=LrSchedule(decay="cosine", warmup_examples=256), clip_grad_norm=0.05)
-    advice = advise(wl)
+    advice = advise(wl, emit="hf")
     b = advice.batch_size
     text = " ".join(advice.rationale)
     assert f"Warm-up over 256 examples at every batch: {math.ceil(256 / b)} steps at batch {b}, 8 at" in text
@@ -327,3 +336,7 @@ def test_the_advice_says_how_it_ran_the_recipe() -> None:
     assert (share > 50) == any(
         "of the reference run's steps clipped: a clipped step" in x for x in advice.limitations
     )
+    assert advice.emitted is not None
+    hf = advice.emitted["hf"].splitlines()
+    assert "    lr_scheduler_type='constant_with_warmup'," in hf
+    assert f"    warmup_steps={math.ceil(256 / b)}," in hf and "    max_grad_norm=0.05," in hf

@@ -88,27 +88,30 @@ class LrSchedule:
         """The warm-up's examples in a run of `horizon` examples (`horizon_examples` where stated)."""
         return self.warmup_examples or round(self.warmup_fraction * (self.horizon_examples or horizon))
 
-    def factor(self, examples: int, batch_size: int, horizon: int) -> float:
-        """The fraction of the peak rate for the step that starts after `examples` and takes
-        `batch_size` more, in a run of `horizon` examples (`horizon_examples` where stated).
+    def factor(self, examples: int, horizon: int) -> float:
+        """The fraction of the peak rate for the step that starts after `examples`, in a run of
+        `horizon` examples (`horizon_examples` where stated). The batch enters only through where
+        the run's steps fall: a step at batch B starts after a multiple of B examples.
 
-        Warm-up rises linearly to the peak at the step that completes it ((e + B) / W, the step
-        convention 1/W, 2/W, ..., 1); the decay then runs over the examples from the warm-up's end
-        to the horizon (at its start, the peak; at the horizon, final_fraction), and holds there.
+        Warm-up is e / W, a function of the examples seen alone (so the same at any batch), which
+        in steps is Hugging Face's and PyTorch-Lightning users' s / W: the first step runs at 0 and
+        settings emitted for those trainers give these rates step for step. The decay then runs
+        over the examples from the warm-up's end to the horizon (at its start, the peak; at the
+        horizon, final_fraction), and holds there.
 
         >>> s = LrSchedule(decay="cosine", warmup_examples=64, final_fraction=0.1)
-        >>> [round(s.factor(e, 32, 320), 4) for e in (0, 32, 64, 192, 320)]
-        [0.5, 1.0, 1.0, 0.55, 0.1]
+        >>> [round(s.factor(e, 320), 4) for e in (0, 32, 64, 192, 320)]
+        [0.0, 0.5, 1.0, 0.55, 0.1]
         """
         warmup = self.warmup(horizon)
         horizon = self.horizon_examples or horizon
         if examples < warmup:
-            return min(1.0, (examples + batch_size) / warmup)
+            return examples / warmup
         floor = self.final_fraction
         if self.decay is Decay.CONSTANT:
             return 1.0
         if self.decay is Decay.WSD:
-            start = max(warmup, horizon - round(self.decay_fraction * horizon))
+            start = self._wsd_start(horizon, horizon)
             if examples < start:
                 return 1.0
             return floor + (1 - floor) * (1 - _progress(examples, start, horizon))
@@ -116,6 +119,30 @@ class LrSchedule:
         if self.decay is Decay.COSINE:
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * q))
         return floor + (1 - floor) * (1 - q)
+
+    def _wsd_start(self, examples: int, horizon: int) -> int:
+        """Where WSD's decay starts in a run whose schedule spans `examples`."""
+        return max(self.warmup(horizon), examples - round(self.decay_fraction * examples))
+
+    def in_steps(self, batch_size: int, horizon: int) -> StepSchedule:
+        """This schedule in the steps of `batch_size`, in a run of `horizon` examples
+        (`horizon_examples` where stated): what a trainer that counts steps takes. The warm-up
+        takes ceil(W / B) steps, as many as a run at that batch spends under the peak; the other
+        lengths round to whole steps. The rates are this schedule's exactly where the lengths divide
+        by the batch."""
+        examples = self.horizon_examples or horizon
+        total = max(1, round(examples / batch_size))
+        warmup = min(total, math.ceil(self.warmup(horizon) / batch_size))
+        start = warmup
+        if self.decay is Decay.WSD:
+            start = min(total, max(warmup, round(self._wsd_start(examples, horizon) / batch_size)))
+        return StepSchedule(
+            decay=Decay(self.decay).value,
+            warmup_steps=warmup,
+            total_steps=total,
+            decay_steps=total - start,
+            final_fraction=self.final_fraction,
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -125,6 +152,41 @@ class LrSchedule:
             "final_fraction": self.final_fraction,
             "decay_fraction": self.decay_fraction,
             "horizon_examples": self.horizon_examples,
+        }
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """An `LrSchedule` in one batch size's steps: `self(s)` is the fraction of the peak rate at
+    0-based step `s`, the function `torch.optim.lr_scheduler.LambdaLR` takes. Warm-up is s / W; the
+    decay runs over the last `decay_steps` of `total_steps` (for WSD its last fraction, for the
+    other shapes everything after the warm-up), then holds `final_fraction`."""
+
+    decay: str
+    warmup_steps: int
+    total_steps: int
+    decay_steps: int
+    final_fraction: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        start = self.total_steps - self.decay_steps
+        if self.decay == Decay.CONSTANT.value or step < start:
+            return 1.0
+        q = min(1.0, (step - start) / max(1, self.decay_steps))
+        floor = self.final_fraction
+        if self.decay == Decay.COSINE.value:
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * q))
+        return floor + (1 - floor) * (1 - q)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "decay": self.decay,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay_steps": self.decay_steps,
+            "final_fraction": self.final_fraction,
         }
 
 

@@ -51,7 +51,9 @@ def advise_command(
     ),
     tensorboard: TensorBoardOpt = None,
     emit: Emit = typer.Option(
-        None, "--emit", help="also print the advice as torchrun, lightning or hf (Trainer) settings"
+        None,
+        "--emit",
+        help="also print the advice as torchrun, lightning, hf (Trainer) or plain (JSON) settings",
     ),
     devices: int = int_option(1, "--devices", help="--emit: devices to split the batch over (default: 1)"),
     schedule: bool = typer.Option(

@@ -202,6 +202,13 @@ def run_schedule(schedule: LrSchedule | None, until_target: bool) -> LrSchedule 
     keeps the warm-up and then the peak, at every batch alike."""
     if schedule is None or not until_target or schedule.horizon_examples is not None:
         return schedule
+    if schedule.warmup_fraction:
+        raise bad(
+            "schedule.warmup_fraction",
+            schedule.warmup_fraction,
+            "0 in a run to the target without a stated horizon (the run has no length to take a fraction of)",
+            "give the warm-up as warmup_examples, or state horizon_examples",
+        )
     return replace(schedule, decay=Decay.CONSTANT)
 
 

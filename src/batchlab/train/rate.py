@@ -37,7 +37,7 @@ class StepRecipe:
         """The rate of the step after `step` steps and `examples` examples, at `batch_size`."""
         lr = self.peak * phase_factor * warmup_factor(step, self.warmup_steps)
         if self.schedule is not None:
-            lr *= self.schedule.factor(examples, batch_size, self.horizon)
+            lr *= self.schedule.factor(examples, self.horizon)
         return lr
 
     def clip_gradients(self, model: nn.Module, optimizer: torch.optim.Optimizer, amp: Amp | None) -> None:
