@@ -3,6 +3,7 @@ under accumulation and DDP, the trainers' own gradients untouched."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -164,3 +165,30 @@ def test_a_lightning_module_and_datamodule_run_as_a_workload(tmp_path: Path) -> 
 
     data = invoke_json("noise", "-w", f"{LIGHTNING_RUN}:workload", "--steps", "40")
     assert data["b_simple"] > 0 and math.isfinite(data["b_simple"])
+
+
+def test_a_lightning_workload_reads_its_schedule_and_clip_from_the_module_and_trainer() -> None:
+    """SequentialLR(LinearLR warm-up 5, CosineAnnealingLR to 0.1 at step 100) per step, under a
+    Trainer with 2 accumulation steps of 32 and gradient_clip_val 0.5: a schedule of 5 x 64
+    warm-up examples and a cosine to 0.1 over 100 x 64, the clip 0.5; batchlab's run at that batch
+    applies the scheduler's own rates. A scheduler stepped per epoch is said, not read."""
+    pytest.importorskip("lightning")
+    from batchlab import LrSchedule, load_workload
+    from batchlab.integrations.lightning import _scheduler
+    from batchlab.integrations.scheduler import sample_factors
+
+    wl = load_workload(f"{LIGHTNING_RUN}:scheduled_workload")
+    expected = LrSchedule(decay="cosine", warmup_examples=320, final_fraction=0.1, horizon_examples=6400)
+    assert (wl.schedule, wl.clip_grad_norm, wl.extras["unread"]) == (expected, 0.5, ())
+    assert (wl.batch_size, wl.lr) == (64, 0.05)  # the trainer's global batch, the peak
+    run = train(wl, batch_size=64, max_steps=100, eval_every=1, device="cpu")
+    spec = importlib.util.spec_from_file_location("lightning_run", LIGHTNING_RUN)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    found = _scheduler(script.ScheduledModule().configure_optimizers())  # a fresh module's own
+    assert found is not None and found[1] == "step"
+    theirs = [wl.lr * f for f in sample_factors(found[0], 99)]  # (past step 100 its cosine rises again)
+    assert [p.lr for p in run.curve[1:]] == pytest.approx(theirs, abs=1e-6 * wl.lr)
+    epochs = load_workload(f"{LIGHTNING_RUN}:epoch_scheduled_workload")
+    assert epochs.schedule is None and "steps per epoch" in epochs.description

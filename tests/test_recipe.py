@@ -96,9 +96,7 @@ def test_the_run_applies_the_schedule_at_each_step() -> None:
     for b in (16, 32):
         result = train(_linreg(schedule=schedule), batch_size=b, lr=0.02, max_steps=20, eval_every=1)
         rates = [p.lr for p in result.curve[1:]]
-        assert rates == pytest.approx(
-            [0.02 * schedule.factor(k * b, 20 * b) for k in range(20)], rel=1e-12
-        )
+        assert rates == pytest.approx([0.02 * schedule.factor(k * b, 20 * b) for k in range(20)], rel=1e-12)
         assert rates[64 // b] == pytest.approx(0.02)  # the first step after the warm-up
         curves[b] = rates
     # The same run with its length in examples: 320 examples at 16 are the same 20 steps.
@@ -310,8 +308,9 @@ def test_a_run_to_the_target_decays_only_over_a_stated_horizon() -> None:
     held = train(_linreg(schedule=schedule), batch_size=32, lr=0.02, until_target=True, eval_every=1)
     assert held.reached_target
     assert [p.lr for p in held.curve[1:]] == pytest.approx([0.0, 0.01] + [0.02] * (len(held.curve) - 3))
-    stated = dataclasses.replace(schedule, horizon_examples=640)
+    stated = dataclasses.replace(schedule, horizon_examples=12800)  # (shorter: it decays to 0.52 and stalls)
     decayed = train(_linreg(schedule=stated), batch_size=32, lr=0.02, until_target=True, eval_every=1)
+    assert decayed.reached_target
     rates = [p.lr for p in decayed.curve[1:]]
     assert rates == pytest.approx([0.02 * stated.factor(32 * k, 0) for k in range(len(rates))])
     assert rates[-1] < 0.02
@@ -340,3 +339,43 @@ def test_the_advice_says_how_it_ran_the_recipe() -> None:
     hf = advice.emitted["hf"].splitlines()
     assert "    lr_scheduler_type='constant_with_warmup'," in hf
     assert f"    warmup_steps={math.ceil(256 / b)}," in hf and "    max_grad_norm=0.05," in hf
+
+
+def test_a_sweep_takes_the_recipe_from_its_options() -> None:
+    """sweep --lr-schedule cosine --warmup-examples 64 --horizon-examples 2000 --clip 1: every
+    run's every step runs at its own peak times the schedule at the examples before it."""
+    from .helpers import invoke_json
+
+    data = invoke_json(
+        "sweep", "-w", "linreg", "--batch-sizes", "8,32", "--max-steps", "30", "--no-sharpness",
+        "--lr-schedule", "cosine", "--warmup-examples", "64", "--horizon-examples", "2000", "--clip", "1",
+    )  # fmt: skip
+    schedule = LrSchedule(decay="cosine", warmup_examples=64, horizon_examples=2000)
+    for run in data["runs"]:
+        b, points = run["batch_size"], run["curve"][1:]
+        assert len(points) > 5
+        expected = [run["lr"] * schedule.factor(p["examples"] - b, 0) for p in points]
+        assert [p["lr"] for p in points] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert_one_line_error(
+        invoke("sweep", "-w", "linreg", "--horizon-examples", "100"),
+        "horizon_examples must be used with --lr-schedule",
+    )
+
+
+def test_a_branch_continues_the_schedule_from_its_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """linreg with a WSD schedule over a stated 1280 examples, checkpointed at step 10 of 32 at
+    batch 32: resumed at 32, the steps after the checkpoint run at the uninterrupted run's rates; a
+    branch at 64 (the critical-batch measurement's) runs at the schedule's rate at the examples it
+    has reached, its own peak times the factor there, as if the schedule had never been stepped."""
+    schedule = LrSchedule(decay="wsd", warmup_examples=128, decay_fraction=0.5, horizon_examples=1280)
+    wl = _linreg(schedule=schedule)
+    full = train(
+        wl, batch_size=32, lr=0.02, max_steps=32, eval_every=1, checkpoint_at=[10], checkpoint_dir=tmp_path
+    )
+    path = full.checkpoints[0]["path"]
+    resumed = train(wl, batch_size=32, lr=0.02, max_steps=32, eval_every=1, resume_from=path)
+    assert [p.lr for p in resumed.curve[1:]] == [p.lr for p in full.curve[11:]]
+    branch = train(wl, batch_size=64, lr=0.04, max_steps=20, eval_every=1, resume_from=path)
+    rates = [p.lr for p in branch.curve[1:]]
+    assert rates == pytest.approx([0.04 * schedule.factor(320 + 64 * k, 0) for k in range(10)], rel=1e-12)
+    assert rates[0] == 0.04 and rates[-1] == pytest.approx(0.04 * 0.6)  # 896 is 0.4 into the decay

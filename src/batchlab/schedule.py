@@ -243,10 +243,11 @@ class BatchSchedule:
     def largest_batch_size(self) -> int:
         return max(p.batch_size for p in self.phases)
 
-    def examples_in(self, steps: int, dataset_size: int) -> int:
+    def examples_in(self, steps: int, dataset_size: int | None) -> int:
         """The examples the first `steps` steps take."""
         if len(self.phases) == 1:
             return steps * self.initial_batch_size
+        assert dataset_size is not None, "phases need the dataset's size"
         total = 0
         for sizes in self._epochs(dataset_size):
             taken = sizes[:steps]
@@ -255,10 +256,11 @@ class BatchSchedule:
                 break
         return total
 
-    def steps_for(self, examples: int, dataset_size: int) -> int:
+    def steps_for(self, examples: int, dataset_size: int | None) -> int:
         """The fewest steps (at least 1) that take `examples` examples or more."""
         if len(self.phases) == 1:
             return max(1, math.ceil(examples / self.initial_batch_size))
+        assert dataset_size is not None, "phases need the dataset's size"
         steps, total = 0, 0
         for sizes in self._epochs(dataset_size):
             for size in sizes:

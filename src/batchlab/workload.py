@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from batchlab.core.step import LossFn
 from batchlab.errors import bad, check_int
@@ -53,6 +53,10 @@ class Target:
 
 def _is_dataset(data: object) -> bool:
     return hasattr(data, "__getitem__") and hasattr(data, "__len__")
+
+
+def _is_stream(data: object) -> bool:
+    return isinstance(data, IterableDataset)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,15 +99,21 @@ class Workload:
                 raise bad(f"workload.{name}", getattr(self, name), "callable")
         if self.metrics is not None and not callable(self.metrics):
             raise bad("workload.metrics", self.metrics, "callable or None")
-        if not _is_dataset(self.train_data) or len(self.train_data) == 0:  # type: ignore[arg-type]
-            raise bad("workload.train_data", type(self.train_data).__name__, "a non-empty map-style Dataset")
+        if not _is_stream(self.train_data) and (
+            not _is_dataset(self.train_data) or len(self.train_data) == 0  # type: ignore[arg-type]
+        ):
+            raise bad(
+                "workload.train_data",
+                type(self.train_data).__name__,
+                "a non-empty map-style Dataset, or an IterableDataset (a stream)",
+            )
         if self.eval_data is not None and (
             not _is_dataset(self.eval_data) or len(self.eval_data) == 0  # type: ignore[arg-type]
         ):
             raise bad(
                 "workload.eval_data", type(self.eval_data).__name__, "a non-empty map-style Dataset or None"
             )
-        check_batch_size(self.batch_size, self.train_size, field="workload.batch_size")
+        check_batch_size(self.batch_size, self.train_len, field="workload.batch_size")
         check_lr(self.lr, field="workload.lr")
         if not isinstance(self.target, Target):
             raise bad("workload.target", self.target, "a batchlab.Target")
@@ -115,15 +125,46 @@ class Workload:
         if self.tokens_per_example is not None:
             check_int("workload.tokens_per_example", self.tokens_per_example, fix="pass 1024, say")
 
+    def examples_in_tokens(self, tokens: int, *, field: str) -> int:
+        """The examples that hold `tokens` tokens (rounded up), by the workload's tokens_per_example."""
+        if self.tokens_per_example is None:
+            raise bad(
+                field,
+                tokens,
+                "used with a workload that states tokens_per_example",
+                "give the length in examples, or set Workload(tokens_per_example=...)",
+            )
+        return -(-tokens // self.tokens_per_example)
+
+    @property
+    def stream(self) -> bool:
+        """Whether the training data is a stream (an IterableDataset): read in order, no length."""
+        return _is_stream(self.train_data)
+
+    @property
+    def train_len(self) -> int | None:
+        """The training set's size; None for a stream."""
+        return None if self.stream else len(self.train_data)  # type: ignore[arg-type]
+
     @property
     def train_size(self) -> int:
-        return len(self.train_data)  # type: ignore[arg-type]
+        """The training set's size, for what needs one (epochs, a cap on the batch, a sweep's grid):
+        a stream has none, and is refused there with the way it can run."""
+        if self.train_len is None:
+            raise bad(
+                "workload.train_data",
+                type(self.train_data).__name__,
+                "a map-style Dataset where the training set's size is needed (a stream has none)",
+                "train a stream with --max-examples or --max-steps; throughput and memory take "
+                "it with --max-batch-size",
+            )
+        return self.train_len
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
-            "train_size": self.train_size,
+            "train_size": self.train_len,
             "eval_size": None if self.eval_data is None else len(self.eval_data),  # type: ignore[arg-type]
             "batch_size": self.batch_size,
             "lr": self.lr,
@@ -134,14 +175,14 @@ class Workload:
         }
 
 
-def check_batch_size(batch_size: object, train_size: int, *, field: str = "batch_size") -> int:
-    """A batch size is an integer from 1 to the training set's size."""
+def check_batch_size(batch_size: object, train_size: int | None, *, field: str = "batch_size") -> int:
+    """A batch size is an integer from 1 to the training set's size (a stream's: unbounded)."""
     flag = "--" + field.rsplit(".", 1)[-1].replace("_", "-")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise bad(field, batch_size, "a whole number", f"pass {flag} 32")
     if batch_size < 1:
         raise bad(field, batch_size, "an integer >= 1", f"pass {flag} 1 or larger")
-    if batch_size > train_size:
+    if train_size is not None and batch_size > train_size:
         raise bad(
             field,
             batch_size,

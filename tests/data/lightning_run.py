@@ -58,6 +58,40 @@ def workload() -> Workload:
     return integration.workload(Module, Digits(), target=Target(metric="eval_loss", value=0.15))
 
 
+class ScheduledModule(Module):
+    """nanoGPT's recipe as Lightning users write it: a linear warm-up over 5 steps and a cosine to
+    a tenth of the peak at step 100, stepped per optimizer step."""
+
+    def configure_optimizers(self) -> dict:  # type: ignore[override, type-arg]
+        optimizer = self.workload.optimizer(self.net.parameters(), self.workload.lr)
+        sched = torch.optim.lr_scheduler
+        warmup = sched.LinearLR(optimizer, start_factor=1e-9, end_factor=1.0, total_iters=5)
+        cosine = sched.CosineAnnealingLR(optimizer, T_max=95, eta_min=0.1 * self.workload.lr)
+        both = sched.SequentialLR(optimizer, [warmup, cosine], milestones=[5])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": both, "interval": "step"}}
+
+
+class EpochScheduledModule(Module):
+    def configure_optimizers(self) -> tuple:  # type: ignore[override, type-arg]
+        optimizer = self.workload.optimizer(self.net.parameters(), self.workload.lr)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)]
+
+
+def scheduled_workload(module: type = ScheduledModule) -> Workload:
+    """The scheduled module, with the Trainer it trains under: 2 accumulation steps, a clip."""
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=100, accumulate_grad_batches=2, gradient_clip_val=0.5, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    return integration.workload(
+        module, Digits(), target=Target(metric="eval_loss", value=0.15), trainer=trainer
+    )
+
+
+def epoch_scheduled_workload() -> Workload:
+    return scheduled_workload(EpochScheduledModule)
+
+
 def main(strategy: str, devices: int, accumulate: int, steps: int) -> None:
     pl.seed_everything(0, verbose=False)
     callback = NoiseScaleCallback()

@@ -170,7 +170,8 @@ def recipe_lines(workload: Workload, batch_size: int, clipped_fraction: float | 
         warmup = schedule.warmup(schedule.horizon_examples or 0)
         if warmup:
             lines.append(
-                f"Warm-up over {warmup} examples at every batch: {math.ceil(warmup / batch_size)} steps at "
+                f"Warm-up over {_examples(warmup, workload)} at every batch: "
+                f"{math.ceil(warmup / batch_size)} steps at "
                 f"batch {batch_size}, {math.ceil(warmup / workload.batch_size)} at the reference's "
                 f"{workload.batch_size}."
             )
@@ -180,15 +181,22 @@ def recipe_lines(workload: Workload, batch_size: int, clipped_fraction: float | 
                 f"The workload's {decay} decay needs a horizon, which a run to the target does not have: "
                 "the runs here held the peak after the warm-up (state horizon_examples to decay over it)."
             )
-        elif decay != "constant":
-            horizon = schedule.horizon_examples
-            lines.append(f"The rate decays ({decay}) over {horizon} examples at every batch.")
+        elif decay != "constant" and schedule.horizon_examples is not None:
+            horizon = _examples(schedule.horizon_examples, workload)
+            lines.append(f"The rate decays ({decay}) over {horizon} at every batch.")
     if workload.clip_grad_norm is not None and clipped_fraction is not None:
         lines.append(
             f"Gradients clip at norm {workload.clip_grad_norm:g}: {clipped_fraction:.0%} of the reference "
             "run's steps clipped."
         )
     return lines
+
+
+def _examples(count: int, workload: Workload) -> str:
+    """A length in examples, with its tokens where the workload counts them."""
+    if workload.tokens_per_example is None:
+        return f"{count} examples"
+    return f"{count} examples ({count * workload.tokens_per_example:,} tokens)"
 
 
 def clipping_limitation(clipped_fraction: float | None) -> str | None:

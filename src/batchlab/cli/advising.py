@@ -11,15 +11,23 @@ from batchlab.advise.emit import Emit
 from batchlab.advise.pipeline import advise
 from batchlab.cli.options import (
     DEFAULT_WORKLOAD,
+    ClipOpt,
     DeviceOpt,
+    FinalLrOpt,
+    HorizonOpt,
+    HorizonTokensOpt,
     JsonOpt,
     LimitOpt,
+    LrScheduleOpt,
     TensorBoardOpt,
+    WarmupExamplesOpt,
+    WarmupTokensOpt,
     WorkloadOpt,
     int_option,
     open_store,
     save,
     show_result,
+    with_recipe,
 )
 from batchlab.cli.shell import err_console, guarded, single_process
 from batchlab.core import dist as _dist
@@ -59,11 +67,27 @@ def advise_command(
     schedule: bool = typer.Option(
         False, "--schedule", help="also measure the critical batch along training and offer a batch ramp"
     ),
+    lr_schedule: LrScheduleOpt = None,
+    warmup_examples: WarmupExamplesOpt = None,
+    final_lr_fraction: FinalLrOpt = None,
+    horizon_examples: HorizonOpt = None,
+    warmup_tokens: WarmupTokensOpt = None,
+    horizon_tokens: HorizonTokensOpt = None,
+    clip: ClipOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: the batch size and learning rate to use, why, and the time it saves."""
     _tensorboard.check_available(tensorboard)
-    wl = load_workload(workload)
+    wl = with_recipe(
+        load_workload(workload),
+        lr_schedule,
+        warmup_examples,
+        final_lr_fraction,
+        clip,
+        horizon_examples,
+        warmup_tokens=warmup_tokens,
+        horizon_tokens=horizon_tokens,
+    )
     limit = None if memory_limit is None else parse_bytes(memory_limit, field="memory_limit")
     console = err_console()  # the spinner on rank 0 alone
     store = open_store(out) if schedule else None  # the ramp's runs, kept so that it resumes

@@ -167,6 +167,11 @@ def noise_command(
     micro_batches: int = int_option(4, "--micro-batches", help="parts of each batch"),
     steps: int | None = int_option(None, "--steps", help="training steps before the final pass"),
     lr: float = typer.Option(None, "--lr", help="learning rate (default: the reference rule)"),
+    max_examples: int | None = int_option(
+        None,
+        "--max-examples",
+        help="examples in the final pass (default: the training set; a stream's: as trained)",
+    ),
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db and noise.json"),
     as_json: JsonOpt = False,
@@ -181,6 +186,7 @@ def noise_command(
             steps=steps,
             lr=lr,
             device=device,
+            max_examples=max_examples,
             progress=update,
         )
     data = estimate.to_dict()

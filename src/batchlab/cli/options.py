@@ -77,6 +77,30 @@ FinalLrOpt = Annotated[
     float | None,
     typer.Option("--final-lr-fraction", help="where the decay ends, a fraction of the peak rate"),
 ]
+HorizonOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--horizon-examples",
+        metavar="INT",
+        parser=whole_number("--horizon-examples"),
+        help="the examples the decay spans (default: the run's length; a run to the target holds the peak)",
+    ),
+]
+WarmupTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--warmup-tokens", metavar="INT", parser=whole_number("--warmup-tokens"), help="the warm-up in tokens"
+    ),
+]
+HorizonTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--horizon-tokens",
+        metavar="INT",
+        parser=whole_number("--horizon-tokens"),
+        help="the horizon in tokens",
+    ),
+]
 ClipOpt = Annotated[float | None, typer.Option("--clip", help="clip each step's gradient norm to this")]
 
 
@@ -196,17 +220,38 @@ def int_option(default: int | None, *flags: str, help: str | None = None) -> Any
     return typer.Option(default, *flags, metavar="INT", help=help, parser=whole_number(flags[0]))
 
 
+def _examples(workload: Workload, examples: int | None, tokens: int | None, name: str) -> int | None:
+    """A length given in examples or in tokens (not both), in examples."""
+    if tokens is None:
+        return examples
+    if examples is not None:
+        raise bad(f"{name}_tokens", tokens, f"left out when --{name}-examples is given", "give one of them")
+    return workload.examples_in_tokens(tokens, field=f"{name}_tokens")
+
+
 def with_recipe(
     workload: Workload,
     decay: Decay | None,
     warmup_examples: int | None,
     final_fraction: float | None,
     clip: float | None,
+    horizon_examples: int | None = None,
+    *,
+    warmup_tokens: int | None = None,
+    horizon_tokens: int | None = None,
 ) -> Workload:
-    """The workload with the recipe the options give: a schedule from --lr-schedule (its warm-up and
-    floor with it), a clip from --clip; what they leave out stays the workload's own."""
+    """The workload with the recipe the options give: a schedule from --lr-schedule (its warm-up,
+    floor and horizon with it, lengths in examples or in tokens), a clip from --clip; what they
+    leave out stays the workload's own."""
+    warmup_examples = _examples(workload, warmup_examples, warmup_tokens, "warmup")
+    horizon_examples = _examples(workload, horizon_examples, horizon_tokens, "horizon")
     if decay is None:
-        for flag, value in (("--warmup-examples", warmup_examples), ("--final-lr-fraction", final_fraction)):
+        given = (
+            ("--warmup-examples", warmup_examples),
+            ("--final-lr-fraction", final_fraction),
+            ("--horizon-examples", horizon_examples),
+        )
+        for flag, value in given:
             if value is not None:
                 raise bad(
                     flag.lstrip("-").replace("-", "_"),
@@ -218,7 +263,10 @@ def with_recipe(
         workload = replace(
             workload,
             schedule=LrSchedule(
-                decay=decay, warmup_examples=warmup_examples or 0, final_fraction=final_fraction or 0.0
+                decay=decay,
+                warmup_examples=warmup_examples or 0,
+                final_fraction=final_fraction or 0.0,
+                horizon_examples=horizon_examples,
             ),
         )
     return workload if clip is None else replace(workload, clip_grad_norm=clip)

@@ -13,10 +13,13 @@ from batchlab.cli.options import (
     ClipOpt,
     DeviceOpt,
     FinalLrOpt,
+    HorizonOpt,
+    HorizonTokensOpt,
     JsonOpt,
     LrScheduleOpt,
     TensorBoardOpt,
     WarmupExamplesOpt,
+    WarmupTokensOpt,
     WorkloadOpt,
     emit_json,
     int_option,
@@ -80,6 +83,7 @@ def train_command(
     max_examples: int | None = int_option(
         None, "--max-examples", help="example budget (a schedule's horizon)"
     ),
+    max_tokens: int | None = int_option(None, "--max-tokens", help="token budget (with tokens_per_example)"),
     until_target: bool = typer.Option(False, "--until-target", help="stop when the target is reached"),
     eval_every: int | None = int_option(
         None, "--eval-every", help="evaluate every N steps (default: automatic)"
@@ -87,6 +91,9 @@ def train_command(
     lr_schedule: LrScheduleOpt = None,
     warmup_examples: WarmupExamplesOpt = None,
     final_lr_fraction: FinalLrOpt = None,
+    horizon_examples: HorizonOpt = None,
+    warmup_tokens: WarmupTokensOpt = None,
+    horizon_tokens: HorizonTokensOpt = None,
     clip: ClipOpt = None,
     track_noise: bool = typer.Option(False, "--track-noise", help="estimate the gradient noise scale"),
     precision: Precision = typer.Option(
@@ -121,7 +128,16 @@ def train_command(
 ) -> None:
     """Train the workload once and show its curve and time to target."""
     _tensorboard.check_available(tensorboard)
-    wl = with_recipe(load_workload(workload), lr_schedule, warmup_examples, final_lr_fraction, clip)
+    wl = with_recipe(
+        load_workload(workload),
+        lr_schedule,
+        warmup_examples,
+        final_lr_fraction,
+        clip,
+        horizon_examples,
+        warmup_tokens=warmup_tokens,
+        horizon_tokens=horizon_tokens,
+    )
     batches = _batches(
         wl.batch_size, batch_size, milestones, factor, schedule, max_batch_size, batch_schedule
     )
@@ -134,6 +150,7 @@ def train_command(
         max_steps=max_steps,
         max_epochs=max_epochs,
         max_examples=max_examples,
+        max_tokens=max_tokens,
         until_target=until_target,
         eval_every=eval_every,
         track_noise=track_noise,
@@ -223,11 +240,27 @@ def sweep_command(
     device: DeviceOpt = "auto",
     out: Path = typer.Option(None, "--out", help="folder for results.db (resumable), sweep.json and plots"),
     tensorboard: TensorBoardOpt = None,
+    lr_schedule: LrScheduleOpt = None,
+    warmup_examples: WarmupExamplesOpt = None,
+    final_lr_fraction: FinalLrOpt = None,
+    horizon_examples: HorizonOpt = None,
+    warmup_tokens: WarmupTokensOpt = None,
+    horizon_tokens: HorizonTokensOpt = None,
+    clip: ClipOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train to the target at several batch sizes; fit steps = S_min (1 + B_crit / B)."""
     _tensorboard.check_available(tensorboard)
-    wl = load_workload(workload)
+    wl = with_recipe(
+        load_workload(workload),
+        lr_schedule,
+        warmup_examples,
+        final_lr_fraction,
+        clip,
+        horizon_examples,
+        warmup_tokens=warmup_tokens,
+        horizon_tokens=horizon_tokens,
+    )
     store = open_store(out)
     bar = Progress(
         TextColumn("[bold]{task.description}"),

@@ -20,6 +20,8 @@ import lightning.pytorch as pl  # the [lightning] extra
 import torch
 
 from batchlab.core.monitor import NoiseMonitor, NoiseReading
+from batchlab.integrations.scheduler import SAMPLED_STEPS, sample_factors, schedule_from_factors
+from batchlab.recipe import LrSchedule
 from batchlab.workload import Target, Workload
 
 
@@ -98,17 +100,25 @@ def workload(
     target: Target,
     lr: float | None = None,
     name: str | None = None,
+    trainer: Any = None,
 ) -> Workload:
     """A LightningModule + DataModule as a batchlab Workload, so that `batchlab memory`, `throughput`,
     `noise` and `advise` run on it. Batches must be (inputs, targets) pairs; the loss is the
     module's `training_step`; the optimizer is its `configure_optimizers()` (the first one; its
     learning rate set by batchlab, `lr` the reference, default the optimizer's own); the reference
-    batch is the DataModule's `batch_size`. Put it in a file for the CLI:
+    batch is the DataModule's `batch_size` (times the trainer's accumulation steps and devices,
+    with `trainer`). Put it in a file for the CLI:
 
         def my_workload():
             return workload(MyModule, MyDataModule(), target=Target(metric="eval_loss", value=0.3))
 
         batchlab advise --workload my_file.py:my_workload
+
+    The recipe is read where it is written: the learning-rate scheduler that configure_optimizers
+    returns (stepped per optimizer step, read by its rates: integrations.scheduler) and, with
+    `trainer` (the `lightning.Trainer` you train with), its `gradient_clip_val` and the steps it
+    runs (`max_steps`, the schedule's horizon when the scheduler has none of its own). What could
+    not be read is listed in the workload's description and `extras["unread"]`.
     """
     datamodule.setup("fit")
     train_loader = datamodule.train_dataloader()
@@ -136,11 +146,25 @@ def workload(
             group["lr"] = rate
         return built
 
+    configured = module_factory().configure_optimizers()
     reference_lr = lr
-    if reference_lr is None:
-        reference_lr = _first_optimizer(module_factory().configure_optimizers()).param_groups[0]["lr"]
+    if reference_lr is None:  # a scheduler has already set the group's lr to its first step's
+        group = _first_optimizer(configured).param_groups[0]
+        reference_lr = group.get("initial_lr", group["lr"])
+    if trainer is not None:  # the global batch a step of the trainer takes
+        batch = int(batch) * trainer.accumulate_grad_batches * trainer.world_size
+    schedule, unread = read_recipe(configured, trainer, int(batch))
+    clip, clip_unread = _clip(trainer)
+    unread += clip_unread
+    description = "a LightningModule and DataModule"
+    if unread:
+        description += "; could not read: " + "; ".join(unread)
     return Workload(
         name=name or type(datamodule).__name__,
+        description=description,
+        schedule=schedule,
+        clip_grad_norm=clip,
+        extras={"unread": tuple(unread)},
         model=model,
         train_data=train_loader.dataset,
         eval_data=eval_data,
@@ -161,3 +185,44 @@ def _first_optimizer(configured: Any) -> torch.optim.Optimizer:
     if isinstance(configured, (list, tuple)) and configured:
         return _first_optimizer(configured[0])
     raise TypeError(f"configure_optimizers returned {type(configured).__name__}, not an optimizer")
+
+
+def read_recipe(configured: Any, trainer: Any, examples_per_step: int) -> tuple[LrSchedule | None, list[str]]:
+    """The schedule of the scheduler `configure_optimizers` returned, by its rates over the
+    trainer's `max_steps` (or SAMPLED_STEPS), in examples at `examples_per_step`; what was unread."""
+    found = _scheduler(configured)
+    if found is None:
+        return None, []
+    scheduler, interval = found
+    if interval != "step":
+        return None, [f"the lr scheduler steps per {interval} (batchlab reads one stepped per step)"]
+    max_steps = -1 if trainer is None else trainer.max_steps
+    steps = SAMPLED_STEPS if max_steps is None or max_steps <= 0 else max_steps + max(10, max_steps // 10)
+    schedule, why = schedule_from_factors(sample_factors(scheduler, steps), examples_per_step)
+    return schedule, [] if why is None else [f"the lr scheduler ({type(scheduler).__name__}): {why}"]
+
+
+def _scheduler(configured: Any) -> tuple[Any, str] | None:
+    """The first scheduler configure_optimizers returned, with its interval (Lightning's default
+    is 'epoch'): a dict's 'lr_scheduler', or the second list of an (optimizers, schedulers) pair."""
+    if isinstance(configured, dict):
+        entry = configured.get("lr_scheduler")
+    elif isinstance(configured, (list, tuple)) and len(configured) == 2 and isinstance(configured[1], list):
+        entry = configured[1][0] if configured[1] else None
+    else:
+        return None
+    if entry is None:
+        return None
+    if isinstance(entry, dict):
+        return entry["scheduler"], entry.get("interval", "epoch")
+    return entry, "epoch"
+
+
+def _clip(trainer: Any) -> tuple[float | None, list[str]]:
+    if trainer is None or not trainer.gradient_clip_val:
+        return None, []
+    if trainer.gradient_clip_algorithm not in (None, "norm"):
+        return None, [
+            f"gradient_clip_algorithm={trainer.gradient_clip_algorithm!r} (batchlab clips the norm)"
+        ]
+    return float(trainer.gradient_clip_val), []

@@ -46,6 +46,7 @@ from batchlab.workload import Workload
 from batchlab.workloads import load_workload
 
 CONFIRM_FACTOR = 3  # the confirmation at the edge runs this many times the steps its trial needed
+STREAM_CAP = 1 << 24  # a stream has no size: the search doubles until memory (or max_batch_size) stops it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,7 +218,8 @@ def _bounds(
         )
     check_int("granularity", granularity, expected="a whole number >= 1", fix="pass --granularity 8, say")
     check_int("min_batch_size", min_batch_size, expected="a whole number >= 1", fix="pass --min-batch-size 1")
-    per_device_data = workload.train_size // _dist.world_size()  # a global batch is at most the data
+    # A global batch is at most the data; a stream's is bounded by memory alone (and max_batch_size).
+    per_device_data = STREAM_CAP if workload.stream else workload.train_size // _dist.world_size()
     cap = per_device_data if max_batch_size is None else min(max_batch_size, per_device_data)
     check_int("max_batch_size", cap, expected="a whole number >= 1", fix="pass --max-batch-size 1024, say")
     start = max(min_batch_size, granularity) if granularity > 1 else min_batch_size

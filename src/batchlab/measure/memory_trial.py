@@ -20,6 +20,7 @@ import torch
 from batchlab.core.data import to_device
 from batchlab.core.precision import Amp, Precision, optimizer_step
 from batchlab.core.step import backward, clip_step
+from batchlab.core.stream import StreamData
 from batchlab.errors import WorkloadError
 from batchlab.train.model import fresh_model
 from batchlab.workload import Workload
@@ -98,8 +99,7 @@ def trial_steps(
     optimizer = workload.optimizer(model.parameters(), workload.lr)
     precision = Precision(plan.precision)
     amp = None if precision is Precision.FP32 else Amp(precision, device)
-    indices = torch.arange(plan.batch_size) % workload.train_size
-    x, y = _gather(workload, indices, device)
+    x, y = _gather(workload, plan.batch_size, device)
     stable_bytes = 0 if cuda else CPU_STABLE_BYTES
     peaks: list[int] = []
     durations: list[float] = []
@@ -129,9 +129,14 @@ def trial_steps(
     return peaks[-1], len(peaks), None, min(durations[1:] or durations)
 
 
-def _gather(workload: Workload, indices: torch.Tensor, device: torch.device) -> tuple[Any, Any]:
+def _gather(workload: Workload, batch_size: int, device: torch.device) -> tuple[Any, Any]:
+    """The trial's batch: the first `batch_size` examples, from the start again where the data is
+    shorter (the memory a step takes does not depend on which examples it holds)."""
     from torch.utils.data import DataLoader, Subset
 
+    if workload.stream:
+        return StreamData(workload.train_data, device).first(batch_size)
+    indices = torch.arange(batch_size) % workload.train_size
     subset = Subset(workload.train_data, indices.tolist())
     x, y = next(iter(DataLoader(subset, batch_size=len(indices))))
     return to_device(x, device), to_device(y, device)

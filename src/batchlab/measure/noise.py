@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -22,6 +23,7 @@ from batchlab.core.json_safe import json_safe
 from batchlab.core.noise_estimator import inverse_batch, one_step
 from batchlab.core.progress import Steps
 from batchlab.core.step import grad_list, sq_norm
+from batchlab.core.stream import placed
 from batchlab.errors import bad, check_int
 from batchlab.train.result import CurvePoint
 from batchlab.train.run import train
@@ -95,7 +97,8 @@ def measure_noise(
     then measure it precisely at the final parameters with one pass over the training set (up to
     `max_examples`) in micro-batches of the same size (the reported value).
 
-    `steps` defaults to two epochs' worth, at least 200. Returns the estimate, and the trained
+    `steps` defaults to two epochs' worth, at least 200; a stream's final pass reads as many
+    examples as its training did, unless `max_examples` says otherwise. Returns the estimate, and the trained
     model when `keep_model` (to compare with an exact computation at the same parameters).
 
     Under torchrun the batch is global and split over ranks x `micro_batches`; the history then
@@ -104,8 +107,8 @@ def measure_noise(
     workload = load_workload(workload)
     size = workload.batch_size if batch_size is None else batch_size
     _check_split(size, micro_batches)
-    if steps is None:
-        steps = max(200, 2 * workload.train_size // max(size, 1))
+    if steps is None:  # a stream has no epochs: 200 steps
+        steps = max(200, 2 * (workload.train_len or 0) // max(size, 1))
     result = train(
         workload,
         batch_size=size,
@@ -125,7 +128,7 @@ def measure_noise(
         workload,
         micro_batch=size // micro_batches,
         device=next(result.model.parameters()).device,
-        max_examples=max_examples,
+        max_examples=max_examples if max_examples is not None or not workload.stream else result.examples,
         seed=seed,
     )
     estimate = NoiseEstimate(
@@ -201,14 +204,18 @@ def noise_at_parameters(
     EARLY_STOP_BIG_OVER_B_SIMPLE times B_simple examples (see there).
     """
 
-    n = workload.train_size
-    count = (n if max_examples is None else min(n, max_examples)) // micro_batch
+    n = workload.train_len  # None for a stream: an infinite population, no correction
+    if n is None and max_examples is None:
+        raise bad("max_examples", None, "given for a stream (a pass over it has no end)", "pass 65536, say")
+    count = min(n or math.inf, max_examples or math.inf) // micro_batch
+    count = int(count)
     if count < 2:
-        raise bad("micro_batch", micro_batch, f"at most half the examples measured ({n})")
+        measured = n if max_examples is None else min(n or max_examples, max_examples)
+        raise bad("micro_batch", micro_batch, f"at most half the examples measured ({measured})")
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
     small: list[float] = []
-    batches = DeviceData(workload.train_data, device).shuffled(
+    batches = placed(workload.train_data, device).shuffled(
         micro_batch, torch.Generator().manual_seed(seed)
     )
     model.train()
@@ -230,7 +237,9 @@ def noise_at_parameters(
     return _pass_reading(small, total, micro_batch, n)
 
 
-def _pass_reading(small: list[float], total: list[torch.Tensor], micro_batch: int, n: int) -> PassReading:
+def _pass_reading(
+    small: list[float], total: list[torch.Tensor], micro_batch: int, n: int | None
+) -> PassReading:
     """B_simple and its standard error from the micro-batches' |G_small|^2 and their summed gradient."""
     count = len(small)
     big_sq = float(sq_norm([t / count for t in total]))

@@ -9,6 +9,7 @@ micro-batch) x K at the per-sample speed of its micro-batches; it is timed at th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -167,7 +168,7 @@ def _rows(
     for name, precision, checkpoint in plan:
         profile = profiles[name]
         speed = None
-        if common is not None and common * world <= workload.train_size:
+        if common is not None and common * world <= (workload.train_len or math.inf):
             say(f"speed under {name} at batch {common}")
             timed = profile_throughput(
                 workload,
@@ -250,10 +251,11 @@ def _accumulation_row(
     if micro is None or common is None:
         return StrategyRow(strategy=name, accumulation=k, note="no fp32 batch fits")
     reach = micro * k * world  # the global batch: micro-batch x steps x ranks
-    effective = min(reach, workload.train_size)
-    note = "" if reach <= workload.train_size else "capped by the training set"
+    data = workload.train_len or math.inf  # a stream: no cap
+    effective = int(min(reach, data))
+    note = "" if reach <= data else "capped by the training set"
     speed = None
-    if common * k * world <= workload.train_size:
+    if common * k * world <= data:
         say(f"speed under {name} at micro-batch {common}")
         timed = profile_throughput(
             workload, batch_sizes=[common * k * world], accumulation=k, device=dev, stop_after_knee=False

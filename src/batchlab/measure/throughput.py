@@ -26,6 +26,7 @@ from batchlab.core.json_safe import json_safe
 from batchlab.core.precision import Amp, Precision, as_precision, optimizer_step
 from batchlab.core.progress import Steps
 from batchlab.core.step import backward, clip_step
+from batchlab.core.stream import StreamData, placed
 from batchlab.errors import bad
 from batchlab.train.model import fresh_model
 from batchlab.workload import Workload, check_batch_size
@@ -169,7 +170,7 @@ class _Stepper:
     def __init__(
         self,
         workload: Workload,
-        data: DeviceData,
+        data: DeviceData | StreamData,
         device: torch.device,
         *,
         precision: Precision,
@@ -338,16 +339,22 @@ def _sizes(
     micro-batches; by default the powers of two up to the cap."""
     world = _dist.world_size()
     unit = world * accumulation
-    cap = (
-        workload.train_size
-        if max_batch_size is None
-        else check_batch_size(max_batch_size, workload.train_size, field="max_batch_size")
-    )
+    if max_batch_size is not None:
+        cap = check_batch_size(max_batch_size, workload.train_len, field="max_batch_size")
+    elif workload.stream and batch_sizes is None:
+        raise bad(
+            "max_batch_size",
+            None,
+            "given for a stream (no size caps its batch)",
+            "pass --max-batch-size 1024",
+        )
+    else:
+        cap = workload.train_len or 0
     sizes = default_batch_sizes(cap) if batch_sizes is None else sorted(set(batch_sizes))
     if world > 1 and batch_sizes is None:
         sizes = [b for b in sizes if b % unit == 0]
     for b in sizes:
-        check_batch_size(b, workload.train_size, field="batch_sizes")
+        check_batch_size(b, workload.train_len, field="batch_sizes")
         if b % unit:
             raise bad(
                 "batch_sizes",
@@ -396,7 +403,7 @@ def profile_throughput(
     if repeats < 1 or warmup_steps < 0:
         raise bad("repeats", repeats, "an integer >= 1 (and warmup_steps >= 0)")
     amp = as_precision(precision, dev)
-    data = DeviceData(workload.train_data, dev)
+    data = placed(workload.train_data, dev)
 
     def stepper(data_parallel: bool) -> _Stepper:
         return _Stepper(

@@ -61,8 +61,21 @@ def train_table(data: dict[str, Any]) -> Table:
                 f"batch {phase['batch_size']}, lr x {fmt(phase['lr_factor'], 3)}",
             )
         )
+    per = data.get("tokens_per_example")
+    if per:
+        rows.insert(
+            4,
+            (
+                "tokens to target",
+                fmt(None if data["examples_to_target"] is None else data["examples_to_target"] * per),
+            ),
+        )
+    if data.get("clipped_fraction") is not None:
+        rows.append(("steps clipped", f"{100 * data['clipped_fraction']:.0f}%"))
     for name, value in rows:
         table.add_row(name, value)
+    if data.get("data_order"):
+        table.caption = data["data_order"]
     return table
 
 

@@ -41,6 +41,7 @@ class TrainConfig:
     max_steps: int | None = None  # None: max_epochs (default DEFAULT_EPOCHS, or ..._UNTIL_TARGET)
     max_epochs: float | None = None
     max_examples: int | None = None  # the run's length in examples (a recipe's horizon), instead
+    max_tokens: int | None = None  # or in tokens, with the workload's tokens_per_example
     until_target: bool = False  # stop at the first evaluation that reaches the target
     eval_every: int | None = None  # None: steps-to-target kept within 1/16 of its value
     seed: int = 0
@@ -119,11 +120,11 @@ class Plan:
 def plan_run(workload: Workload, config: TrainConfig) -> Plan:
     """Check `config` against the workload and the ranks, and resolve what it leaves open."""
     world = _dist.world_size()
-    if isinstance(config.batch_size, BatchSchedule):
+    if isinstance(config.batch_size, BatchSchedule):  # a stream (no length) runs at one batch size
         for phase in config.batch_size.phases:
             check_batch_size(phase.batch_size, workload.train_size)
     else:
-        check_batch_size(config.batch_size, workload.train_size)
+        check_batch_size(config.batch_size, workload.train_len)
     schedule = config.schedule
     sizes = sorted({p.batch_size for p in schedule.phases})
     lr = config.lr
@@ -155,7 +156,7 @@ def plan_run(workload: Workload, config: TrainConfig) -> Plan:
         noise_parts=noise_parts,
         noise_every=max(1, noise_every),
         limit=limit,
-        horizon=schedule.examples_in(limit, workload.train_size),
+        horizon=schedule.examples_in(limit, workload.train_len),
         lr_schedule=run_schedule(workload.schedule, config.until_target),
         saves=saves,
         device=device,
@@ -216,6 +217,17 @@ def step_limit(workload: Workload, schedule: BatchSchedule, config: TrainConfig)
     """The run's length in steps: `max_steps`, else `max_examples` (the fewest steps that take
     them), else `max_epochs` (or the default) over the schedule."""
     max_steps, max_epochs, max_examples = config.max_steps, config.max_epochs, config.max_examples
+    if config.max_tokens is not None:
+        if max_examples is not None:
+            raise bad(
+                "max_tokens",
+                config.max_tokens,
+                "left out when max_examples is given",
+                "give the run one length",
+            )
+        max_examples = workload.examples_in_tokens(
+            check_int("max_tokens", config.max_tokens), field="max_tokens"
+        )
     if max_examples is not None and (max_steps is not None or max_epochs is not None):
         other = "max_steps" if max_steps is not None else "max_epochs"
         raise bad("max_examples", max_examples, f"left out when {other} is given", "give the run one length")
@@ -223,7 +235,7 @@ def step_limit(workload: Workload, schedule: BatchSchedule, config: TrainConfig)
         return check_int("max_steps", max_steps, fix="pass --max-steps 1000")
     if max_examples is not None:
         check_int("max_examples", max_examples, fix="pass --max-examples 100000")
-        return schedule.steps_for(max_examples, workload.train_size)
+        return schedule.steps_for(max_examples, workload.train_len)
     epochs = max_epochs
     if epochs is None:
         epochs = DEFAULT_EPOCHS_UNTIL_TARGET if config.until_target else DEFAULT_EPOCHS

@@ -21,6 +21,7 @@ from batchlab.core.monitor import NoiseMonitor, NoiseReading
 from batchlab.core.precision import Amp, Precision, optimizer_step
 from batchlab.core.progress import Steps
 from batchlab.core.step import backward
+from batchlab.core.stream import placed, stream_order
 from batchlab.schedule import Phase
 from batchlab.sharpness import minimum_sharpness
 from batchlab.train.checkpoint import Checkpoint
@@ -80,7 +81,7 @@ class Loop:
         self.amp = None if plan.precision is Precision.FP32 else Amp(plan.precision, device)
         self.model.train()
         self.optimizer = workload.optimizer(self.model.parameters(), plan.lr)
-        self.train_data = DeviceData(workload.train_data, device)
+        self.train_data = placed(workload.train_data, device)
         self.eval_data = None if workload.eval_data is None else DeviceData(workload.eval_data, device)
         on_train = workload.target.metric.startswith("train_")
         sample_size = TRAIN_SAMPLE if on_train else DIVERGENCE_SAMPLE
@@ -94,7 +95,7 @@ class Loop:
         # The same monitor users attach to their own loops: hooks see each micro-batch's (or rank's)
         # gradient; a measured step without either is split in noise_parts.
         self.monitor = (
-            NoiseMonitor(self.model, window=NOISE_WINDOW, population=workload.train_size)
+            NoiseMonitor(self.model, window=NOISE_WINDOW, population=workload.train_len)
             if config.track_noise
             else None
         )
@@ -380,5 +381,7 @@ class Loop:
             checkpoints=tuple(self.saved),
             resumed_from=self.resumed_from,
             clipped_fraction=self.recipe.clipped_fraction,
+            data_order=stream_order(self.workload.train_data) if self.workload.stream else None,
+            tokens_per_example=self.workload.tokens_per_example,
             model=self.model if keep_model else None,
         )

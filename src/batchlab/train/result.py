@@ -87,6 +87,8 @@ class TrainResult:
     checkpoints: tuple[dict[str, Any], ...] = ()  # {step, examples, path} of each one saved
     resumed_from: dict[str, Any] | None = None  # {step, examples, path} of the checkpoint it began at
     clipped_fraction: float | None = None  # of the steps this process ran, with the workload's clip
+    data_order: str | None = None  # a stream's: how the run's seed ordered it (see core.stream)
+    tokens_per_example: int | None = None  # the workload's: tokens = examples x this
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
